@@ -1,0 +1,261 @@
+"""The `kb` command line: parse arguments, call one library function, print, return an exit code.
+
+Exit codes: 0 success, 1 problems found (invalid records, stale files), 2 usage errors.
+Imports of the heavier modules happen inside the commands, so `kb query` on a warm cache never
+loads pydantic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .problems import Problem
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def find_papers(start: Path | None = None) -> Path:
+    """`$TOKENKB_PAPERS`, else the nearest `papers/` directory at or above the working directory."""
+    if os.environ.get("TOKENKB_PAPERS"):
+        return Path(os.environ["TOKENKB_PAPERS"])
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / "papers").is_dir():
+            return directory / "papers"
+    return Path("papers")
+
+
+def _papers(args: argparse.Namespace) -> Path:
+    return Path(args.papers) if args.papers else find_papers()
+
+
+def _print_problems(problems: Sequence[Problem], files: int, stream: Any = None) -> None:
+    out = stream or sys.stdout
+    for problem in problems:
+        print(problem, file=out)
+    paths = len({p.path for p in problems})
+    print(
+        f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {paths} of {files} "
+        f"file{'s' if files != 1 else ''}",
+        file=sys.stderr,
+    )
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate
+
+    paths = [Path(p) for p in args.paths] or [_papers(args)]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"kb validate: no such file or directory: {missing[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    report = validate(paths, jobs=args.jobs)
+    if report.problems:
+        _print_problems(report.problems, report.files)
+        return EXIT_PROBLEMS
+    print(f"{report.files} record{'s' if report.files != 1 else ''} valid", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from .canonical import format_paths
+
+    paths = [Path(p) for p in args.paths] or [_papers(args)]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"kb fmt: no such file or directory: {missing[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    result = format_paths(paths, check=args.check)
+    for problem in result.problems:
+        print(problem)
+    for path in result.changed if not args.check else []:
+        print(f"reformatted {path}", file=sys.stderr)
+    verb = "would reformat" if args.check else "reformatted"
+    print(
+        f"{result.files} files: {len(result.changed)} {verb}, {len(result.invalid)} invalid",
+        file=sys.stderr,
+    )
+    if result.invalid or (args.check and result.changed):
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .cache import load_records
+    from .formats import RENDERERS, to_table
+    from .problems import RecordError
+    from .query import FilterError, Filters, check_filters, select
+
+    training_free = True if args.training_free else False if args.needs_training else None
+    filters = Filters(
+        modality=args.modality or (),
+        family=args.family or (),
+        kind=args.kind or (),
+        training_free=training_free,
+        year=args.year or (),
+        since=args.since,
+        venue=args.venue or (),
+        has_code=args.has_code,
+        has_impl=args.has_impl,
+        search=args.search,
+    )
+    try:
+        check_filters(filters)
+    except FilterError as exc:
+        print(f"kb query: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        records = load_records(_papers(args), use_cache=not args.no_cache)
+    except RecordError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("kb query: fix the records above first (kb validate shows them all)", file=sys.stderr)
+        return EXIT_PROBLEMS
+    selected = select(records, filters)
+    if args.format == "table":
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        sys.stdout.write(to_table(selected, width))
+    else:
+        sys.stdout.write(RENDERERS[args.format](selected))
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .render import check_generated, write_generated
+
+    root = _papers(args).resolve().parent
+    if args.check:
+        diffs = check_generated(root)
+        for diff in diffs:
+            sys.stdout.write(diff)
+        if diffs:
+            print(f"{len(diffs)} generated file(s) stale; run 'kb render'", file=sys.stderr)
+            return EXIT_PROBLEMS
+        print("generated files are up to date", file=sys.stderr)
+        return EXIT_OK
+    for path in write_generated(root):
+        print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .render import write_generated
+    from .summary import summarize
+    from .validate import validate
+
+    papers = _papers(args)
+    print(f"[1/2] validating {papers} ...", file=sys.stderr)
+    report = validate([papers], keep_records=True, jobs=args.jobs)
+    if report.problems:
+        _print_problems(report.problems, report.files)
+        return EXIT_PROBLEMS
+    print("[2/2] rendering generated files ...", file=sys.stderr)
+    for path in write_generated(papers.resolve().parent):
+        print(f"      wrote {path}", file=sys.stderr)
+    sys.stdout.write(summarize(report.records))
+    return EXIT_OK
+
+
+def cmd_vocab(args: argparse.Namespace) -> int:
+    import json
+
+    from .taxonomy import MEANINGS, VENUES
+
+    vocabularies = {enum.__name__.lower(): meanings for enum, meanings in MEANINGS.items()}
+    if args.format == "json":
+        print(json.dumps({**vocabularies, "venue": list(VENUES)}, indent=2))
+        return EXIT_OK
+    for name, meanings in vocabularies.items():
+        print(f"{name}:")
+        width = max(len(v) for v in meanings)
+        for value, meaning in meanings.items():
+            print(f"  {value:<{width}}  {meaning}")
+    print("venue: '<NAME> <YEAR>' (+ ' Workshop' / ' Findings') or 'arXiv', NAME one of:")
+    print("  " + ", ".join(VENUES))
+    return EXIT_OK
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kb",
+        description="tokenkb: the knowledge base of token-reduction research.",
+    )
+    parser.add_argument(
+        "--papers",
+        metavar="DIR",
+        help="the records directory (default: $TOKENKB_PAPERS, else the nearest papers/ above here)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    jobs_help = "worker processes for large sets (default: one per core)"
+
+    sub = add("validate", cmd_validate, "Check records; print 'path:line: message' per problem.")
+    sub.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: papers/)")
+    sub.add_argument("--jobs", type=int, metavar="N", help=jobs_help)
+
+    sub = add("fmt", cmd_fmt, "Rewrite records in canonical form (or check that they are).")
+    sub.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: papers/)")
+    sub.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
+
+    sub = add("query", cmd_query, "Select records by field and print them.")
+    sub.add_argument("--modality", action="append", metavar="M", help="vision, video, language, vlm, ... (repeatable: any of)")
+    sub.add_argument("--family", action="append", metavar="F", help="pruning, merging, kv-eviction, ... (repeatable: any of)")
+    sub.add_argument("--kind", action="append", metavar="K", help="method, survey, benchmark, ... (repeatable: any of)")
+    free = sub.add_mutually_exclusive_group()
+    free.add_argument("--training-free", action="store_true", help="methods usable without any training")
+    free.add_argument("--needs-training", action="store_true", help="methods that need training or fine-tuning")
+    years = sub.add_mutually_exclusive_group()
+    years.add_argument("--year", type=int, action="append", metavar="Y", help="first public in year Y (repeatable)")
+    years.add_argument("--since", type=int, metavar="Y", help="first public in year Y or later")
+    sub.add_argument("--venue", action="append", metavar="V", help="'ICLR' or 'ICLR 2023' (repeatable: any of)")
+    sub.add_argument("--has-code", action="store_true", help="only works with an official code link")
+    sub.add_argument("--has-impl", action="store_true", help="only works with a reference implementation")
+    sub.add_argument("--search", metavar="TEXT", help="words that must all occur in title, aliases, authors, summary or id")
+    sub.add_argument("--format", choices=("table", "json", "yaml", "bibtex", "md"), default="table", help="output format (default: table)")
+    sub.add_argument("--no-cache", action="store_true", help="re-read every file instead of using the record cache")
+
+    sub = add("render", cmd_render, "Regenerate generated files (the JSON Schema, ...).")
+    sub.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff if anything is stale")
+
+    sub = add("build", cmd_build, "The main job: validate, regenerate, print a summary of the base.")
+    sub.add_argument("--jobs", type=int, metavar="N", help=jobs_help)
+
+    sub = add("vocab", cmd_vocab, "List the controlled vocabularies with the meaning of each value.")
+    sub.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `kb query | head`: the reader went away; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""Read and write `papers/<id>.yaml`: strict YAML in, canonical YAML out.
+
+Reading is stricter than PyYAML: a duplicate key (which PyYAML silently resolves by keeping the
+last value), an anchor or alias, an explicit tag, a second document, tabs used as indentation,
+bytes that are not UTF-8, an empty or oversized file are all errors with a line number. The
+parser walks libyaml's events (the C parser when present) and builds plain Python values plus a
+map from each field's path to its line, so every pydantic error points at a line.
+
+Writing produces one canonical form (model field order, defaults left out, unicode kept): load
+then dump of a canonical file gives the same bytes. Writes are atomic (see `outputs`).
+This module does not print and does not decide what to do about problems; callers do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .model import ENUM_FIELDS, FIELD_NAMES, Paper, Source
+from .outputs import write_text_atomic
+from .problems import Problem, RecordError, did_you_mean
+
+MAX_BYTES = 64 * 1024
+MAX_DEPTH = 8
+SCHEMA_COMMENT = "# yaml-language-server: $schema=../schema/paper.schema.json\n"
+YAML_WIDTH = 1_000_000  # one line per value: a changed word changes one line of the diff
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_STR_TAG = "tag:yaml.org,2002:str"
+_ALLOWED_TAGS = {None, "!"}
+_NOKEY = object()  # the mapping frame is waiting for a key
+_DROP = object()  # the value belongs to a duplicate key and is not kept
+
+Path_ = tuple[str | int, ...]
+
+
+class ParsedYaml:
+    """A YAML document as plain values, with the line of every key and list item."""
+
+    __slots__ = ("data", "lines", "raw")
+
+    def __init__(self, data: Any, lines: dict[Path_, int], raw: dict[Path_, str]) -> None:
+        self.data = data
+        self.lines = lines
+        self.raw = raw  # source text of scalars that did not resolve to strings
+
+    def line(self, loc: Iterable[str | int]) -> int:
+        """The line of the deepest known prefix of `loc`."""
+        loc = tuple(loc)
+        while loc not in self.lines and loc:
+            loc = loc[:-1]
+        return self.lines.get(loc, 1)
+
+
+def read_text(path: Path) -> str:
+    """The file's text, or RecordError for size, encoding and indentation problems."""
+    name = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise RecordError(
+                [Problem(name, 1, f"file is {size} bytes; a record must be under {MAX_BYTES} bytes")]
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecordError([Problem(name, 1, f"cannot read file: {exc.strerror}")]) from None
+    if len(data) > MAX_BYTES:  # the file grew between stat and read
+        raise RecordError(
+            [Problem(name, 1, f"file is over {MAX_BYTES} bytes; a record must be smaller")]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecordError(
+            [
+                Problem(
+                    name,
+                    line,
+                    f"byte 0x{data[exc.start]:02x} at column {column} is not valid UTF-8; "
+                    "save the file as UTF-8",
+                )
+            ]
+        ) from None
+    if text.startswith("\ufeff"):
+        raise RecordError(
+            [Problem(name, 1, "file starts with a byte-order mark; save it as UTF-8 without BOM")]
+        )
+    if "\t" in text:
+        problems = [
+            Problem(name, number, "tab used for indentation; indent with spaces")
+            for number, line in enumerate(text.split("\n"), 1)
+            if "\t" in line[: len(line) - len(line.lstrip(" \t"))]
+        ]
+        if problems:
+            raise RecordError(problems)
+    if not text.strip() or all(
+        not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
+    ):
+        raise RecordError(
+            [Problem(name, 1, "file is empty; a record is a mapping of fields (see schema/template.yaml)")]
+        )
+    return text
+
+
+def parse_yaml(text: str, name: str) -> ParsedYaml:
+    """Parse one YAML document strictly; RecordError lists every structural problem."""
+    problems: list[Problem] = []
+    lines: dict[Path_, int] = {}
+    raw: dict[Path_, str] = {}
+    # A frame is [container, path, pending key]; dict frames wait for a key, then a value.
+    stack: list[list[Any]] = []
+    root: Any = None
+    documents = 0
+    loader = _Loader(text)
+    try:
+        while True:
+            try:
+                event = loader.get_event()
+            except yaml.MarkedYAMLError as exc:
+                mark = exc.problem_mark or exc.context_mark
+                line = mark.line + 1 if mark is not None else 1
+                what = exc.problem or exc.context or "malformed YAML"
+                if exc.context and exc.problem:
+                    what = f"{exc.context}, {exc.problem}"
+                problems.append(Problem(name, line, f"invalid YAML: {what}"))
+                break
+            except yaml.YAMLError as exc:
+                problems.append(Problem(name, 1, f"invalid YAML: {exc}"))
+                break
+            kind = type(event)
+            if kind is yaml.StreamEndEvent:
+                break
+            if kind is yaml.DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    problems.append(
+                        Problem(
+                            name,
+                            event.start_mark.line + 1,
+                            "a record file holds one YAML document; remove this '---' and "
+                            "what follows, or move it to a file of its own",
+                        )
+                    )
+                    break
+                continue
+            if kind in (yaml.MappingEndEvent, yaml.SequenceEndEvent):
+                stack.pop()
+                continue
+            if kind not in (
+                yaml.ScalarEvent,
+                yaml.MappingStartEvent,
+                yaml.SequenceStartEvent,
+                yaml.AliasEvent,
+            ):
+                continue
+            line = event.start_mark.line + 1
+            if kind is yaml.AliasEvent:
+                problems.append(
+                    Problem(name, line, f"alias '*{event.anchor}' is not allowed; write the value out")
+                )
+                value: Any = None
+            else:
+                if event.anchor is not None:
+                    problems.append(
+                        Problem(
+                            name, line, f"anchor '&{event.anchor}' is not allowed; remove it"
+                        )
+                    )
+                if event.tag not in _ALLOWED_TAGS and not (
+                    kind is yaml.ScalarEvent and event.implicit[0]
+                ) and not (kind is not yaml.ScalarEvent and event.implicit):
+                    problems.append(
+                        Problem(name, line, f"tag {event.tag!r} is not allowed; remove it")
+                    )
+                if kind is yaml.ScalarEvent:
+                    value = _scalar(loader, event)
+                elif kind is yaml.MappingStartEvent:
+                    value = {}
+                else:
+                    value = []
+            if not stack:
+                if kind is not yaml.MappingStartEvent:
+                    shape = "a list" if kind is yaml.SequenceStartEvent else "a single value"
+                    problems.append(
+                        Problem(
+                            name, line, f"a record is a mapping of 'field: value' lines, not {shape}"
+                        )
+                    )
+                    break
+                root = value
+                lines[()] = line
+                stack.append([value, (), _NOKEY])
+                continue
+            frame = stack[-1]
+            container, path, key = frame
+            if isinstance(container, dict) and key is _NOKEY:
+                if kind is not yaml.ScalarEvent or not isinstance(value, str):
+                    text_key = getattr(event, "value", "")
+                    problems.append(
+                        Problem(name, line, f"key {text_key!r} is not a field name; keys are text")
+                    )
+                    frame[2] = _DROP
+                elif value in container:
+                    problems.append(
+                        Problem(
+                            name,
+                            line,
+                            f"duplicate key {value!r} (first at line {lines[(*path, value)]}); "
+                            "YAML readers keep only one of them, so merge them into one",
+                        )
+                    )
+                    frame[2] = _DROP
+                else:
+                    frame[2] = value
+                    lines[(*path, value)] = line
+                if kind in (yaml.MappingStartEvent, yaml.SequenceStartEvent):
+                    stack.append([value, (*path, "?"), _NOKEY])
+                continue
+            if isinstance(container, dict):
+                child_path: Path_ = (*path, key)
+                if key is not _DROP:
+                    container[key] = value
+                frame[2] = _NOKEY
+            else:
+                child_path = (*path, len(container))
+                container.append(value)
+                lines[child_path] = line
+            if kind is yaml.ScalarEvent and not isinstance(value, str) and event.value:
+                raw[child_path] = event.value
+            if kind in (yaml.MappingStartEvent, yaml.SequenceStartEvent):
+                if len(stack) >= MAX_DEPTH:
+                    problems.append(
+                        Problem(name, line, f"nested more than {MAX_DEPTH} levels deep")
+                    )
+                    break
+                stack.append([value, child_path, _NOKEY])
+    finally:
+        loader.dispose()
+    if problems:
+        raise RecordError(problems)
+    if root is None:
+        raise RecordError(
+            [Problem(name, 1, "file is empty; a record is a mapping of fields (see schema/template.yaml)")]
+        )
+    return ParsedYaml(root, lines, raw)
+
+
+def _scalar(loader: Any, event: Any) -> Any:
+    value = event.value
+    if not event.implicit[0]:
+        return value  # quoted or block scalar (or tagged, reported elsewhere): text
+    tag = loader.resolve(yaml.ScalarNode, value, (True, False))
+    if tag == _STR_TAG:
+        return value
+    node = yaml.ScalarNode(tag, value)
+    return loader.yaml_constructors[tag](loader, node)
+
+
+# --- pydantic errors to lines -----------------------------------------------------------------
+
+
+def _label(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+_YAML_TYPES = {bool: "true/false", int: "a number", float: "a number", type(None): "nothing"}
+
+
+def _describe_input(value: Any, raw: str | None) -> str:
+    if isinstance(value, str):
+        return f"text {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "an empty value"
+    shown = raw if raw is not None else str(value)
+    return f"{_YAML_TYPES.get(type(value), type(value).__name__)} {shown}"
+
+
+def _message(error: dict[str, Any], parsed: ParsedYaml) -> str:
+    loc: tuple[Any, ...] = error["loc"]
+    kind = error["type"]
+    value = error.get("input")
+    label = _label(loc)
+    raw = parsed.raw.get(loc)
+    fields = list(Source.model_fields if len(loc) > 1 and loc[0] == "sources" else FIELD_NAMES)
+    if kind == "missing":
+        where = f"{_label(loc[:-1])}: " if len(loc) > 1 else ""
+        return f"{where}missing required field {loc[-1]!r}"
+    if kind == "extra_forbidden":
+        where = f"{_label(loc[:-1])}: " if len(loc) > 1 else ""
+        return f"{where}unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), fields)}"
+    if kind == "enum":
+        values = [member.value for member in ENUM_FIELDS[str(loc[0])]]
+        return (
+            f"{loc[0]} {value!r} is not one of {', '.join(values)}"
+            f"{did_you_mean(value, values)}"
+        )
+    if kind == "string_type":
+        hint = f"; quote it: '{raw}'" if raw is not None and value is not None else ""
+        return f"{label}: expected text, got {_describe_input(value, raw)}{hint}"
+    if kind in ("int_type", "int_parsing"):
+        return f"{label}: expected a whole number such as 2023, got {_describe_input(value, raw)}"
+    if kind == "bool_type":
+        return f"{label}: expected true or false, got {_describe_input(value, raw)}"
+    if kind == "list_type":
+        example = value if isinstance(value, str) else "value"
+        return (
+            f"{label}: expected a list, got {_describe_input(value, raw)}; write each item on "
+            f"its own line as '- {example}'"
+        )
+    if kind in ("model_type", "dict_type"):
+        return f"{label}: expected a mapping of 'field: value', got {_describe_input(value, raw)}"
+    if kind == "too_short":
+        return f"{label}: give at least one value"
+    if kind == "string_too_long":
+        limit = error.get("ctx", {}).get("max_length")
+        return f"{label}: is {len(value)} characters; keep it to {limit} (one to three sentences)"
+    if kind == "greater_than_equal":
+        return f"{label}: must be {error['ctx']['ge']} or more, got {value!r}"
+    if kind in ("none_required", "enum"):
+        return f"{label}: {error['msg']}"
+    # Our own field types (model._typed) raise complete messages.
+    return f"{label}: {error['msg']}" if label else str(error["msg"])
+
+
+def problems_from_validation(
+    exc: ValidationError, name: str, parsed: ParsedYaml
+) -> list[Problem]:
+    """One Problem per pydantic error, each at the line of the field it is about."""
+    problems: list[Problem] = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == "record_rules":
+            for loc, message in error["ctx"]["problems"]:
+                problems.append(Problem(name, parsed.line(loc), message))
+            continue
+        problems.append(Problem(name, parsed.line(error["loc"]), _message(error, parsed)))
+    return sorted(problems)
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+def parse_record(text: str, name: str, stem: str | None = None) -> tuple[Paper, ParsedYaml]:
+    """Validate YAML text as a record; `stem` (the file name's) must equal the id when given."""
+    parsed = parse_yaml(text, name)
+    try:
+        paper = Paper.model_validate(parsed.data, context={"stem": stem})
+    except ValidationError as exc:
+        raise RecordError(problems_from_validation(exc, name, parsed)) from None
+    return paper, parsed
+
+
+def load_record(path: Path) -> Paper:
+    """The record in `path`, or RecordError with every problem found."""
+    return parse_record(read_text(path), str(path), stem=path.stem)[0]
+
+
+def dump_record(paper: Paper) -> str:
+    """The canonical text of a record: schema comment, then fields in model order."""
+    data = paper.model_dump(mode="json", exclude_defaults=True)
+    if "sources" in data:
+        for source in data["sources"]:
+            if "fields" in source:
+                source["fields"] = _FlowList(source["fields"])
+    body = yaml.dump(
+        data,
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=YAML_WIDTH,
+        indent=2,
+    )
+    return SCHEMA_COMMENT + body
+
+
+def write_record(paper: Paper, directory: Path) -> Path:
+    """Write a record to `<directory>/<id>.yaml` atomically; returns the path."""
+    path = directory / f"{paper.id}.yaml"
+    write_text_atomic(path, dump_record(paper))
+    return path
+
+
+class _FlowList(list[Any]):
+    """A list written inline (`[a, b]`), for short lists of names."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """The pure-Python dumper: its output is the same whether or not libyaml is present."""
+
+
+_Dumper.add_representer(
+    _FlowList,
+    lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True),
+)
+
+
+def record_paths(directory: Path) -> list[Path]:
+    """The record files of a papers directory, sorted by name."""
+    return sorted(p for p in directory.glob("*.yaml") if not p.name.startswith("."))
+
+
+def misnamed_files(directory: Path) -> Iterator[Problem]:
+    """Files in a papers directory that look like records but would be ignored."""
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if path.suffix in (".yml", ".YAML", ".YML"):
+            yield Problem(
+                str(path), 1, f"records use the .yaml extension; rename to {path.stem + '.yaml'!r}"
+            )
+        elif path.suffix != ".yaml" and re.match(r"^[a-z0-9-]+$", path.stem):
+            yield Problem(
+                str(path), 1, "not a record (records are <id>.yaml); move it out of papers/"
+            )
