@@ -71,7 +71,9 @@ def entry(record: dict[str, Any]) -> str:
         fields += [("eprint", _verbatim(record["arxiv"])), ("archiveprefix", "arXiv")]
     if record.get("doi"):
         fields.append(("doi", _verbatim(record["doi"])))
-    url = record.get("paper") or (f"https://arxiv.org/abs/{record['arxiv']}" if record.get("arxiv") else None)
+    url = record.get("paper") or (
+        f"https://arxiv.org/abs/{record['arxiv']}" if record.get("arxiv") else None
+    )
     if url:
         fields.append(("url", _verbatim(url)))
     body = ",\n".join(f"  {name} = {{{value}}}" for name, value in fields)

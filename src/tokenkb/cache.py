@@ -12,6 +12,7 @@ what keeps a query on a warm cache fast.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -57,7 +58,11 @@ def load_records(papers: Path, use_cache: bool = True) -> list[dict[str, Any]]:
     """
     try:
         entries = sorted(
-            (e for e in os.scandir(papers) if e.name.endswith(".yaml") and not e.name.startswith(".")),
+            (
+                e
+                for e in os.scandir(papers)
+                if e.name.endswith(".yaml") and not e.name.startswith(".")
+            ),
             key=lambda e: e.name,
         )
     except FileNotFoundError:
@@ -104,7 +109,6 @@ def _write_cache(path: Path, code: list[Any], files: dict[str, Any]) -> None:
     from .outputs import write_text_atomic
 
     payload = {"code": code, "written_ns": time.time_ns(), "files": files}
-    try:
+    # A read-only checkout still answers queries, just without the speed-up.
+    with contextlib.suppress(OSError):
         write_text_atomic(path, json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
-    except OSError:
-        pass  # a read-only checkout still answers queries, just without the speed-up

@@ -41,7 +41,7 @@ def comment_lines(text: str) -> list[int]:
             event = loader.get_event()
             if isinstance(event, yaml.StreamEndEvent):
                 break
-            if isinstance(event, yaml.ScalarEvent):
+            if isinstance(event, yaml.ScalarEvent) and event.start_mark and event.end_mark:
                 start, end = event.start_mark.index, event.end_mark.index
                 chars[start:end] = [" " if c != "\n" else c for c in chars[start:end]]
     finally:
@@ -90,8 +90,12 @@ def format_paths(paths: Sequence[Path], check: bool = False) -> FormatResult:
         if comments:
             result.invalid.append(path)
             result.problems.extend(
-                Problem(name, line, "comment would be lost by formatting; move it into a field "
-                        "(summary, results) or remove it, then run kb fmt again")
+                Problem(
+                    name,
+                    line,
+                    "comment would be lost by formatting; move it into a field "
+                    "(summary, results) or remove it, then run kb fmt again",
+                )
                 for line in comments
             )
             continue

@@ -196,11 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--papers",
         metavar="DIR",
-        help="the records directory (default: $TOKENKB_PAPERS, else the nearest papers/ above here)",
+        help="records directory (default: $TOKENKB_PAPERS, else the nearest papers/ above here)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
         return sub
@@ -208,37 +210,91 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_help = "worker processes for large sets (default: one per core)"
 
     sub = add("validate", cmd_validate, "Check records; print 'path:line: message' per problem.")
-    sub.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: papers/)")
+    sub.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files or directories (default: papers/)"
+    )
     sub.add_argument("--jobs", type=int, metavar="N", help=jobs_help)
 
     sub = add("fmt", cmd_fmt, "Rewrite records in canonical form (or check that they are).")
-    sub.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: papers/)")
-    sub.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
+    sub.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files or directories (default: papers/)"
+    )
+    sub.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a file would change"
+    )
 
     sub = add("query", cmd_query, "Select records by field and print them.")
-    sub.add_argument("--modality", action="append", metavar="M", help="vision, video, language, vlm, ... (repeatable: any of)")
-    sub.add_argument("--family", action="append", metavar="F", help="pruning, merging, kv-eviction, ... (repeatable: any of)")
-    sub.add_argument("--kind", action="append", metavar="K", help="method, survey, benchmark, ... (repeatable: any of)")
+    sub.add_argument(
+        "--modality",
+        action="append",
+        metavar="M",
+        help="vision, video, language, vlm, ... (repeatable: any of)",
+    )
+    sub.add_argument(
+        "--family",
+        action="append",
+        metavar="F",
+        help="pruning, merging, kv-eviction, ... (repeatable: any of)",
+    )
+    sub.add_argument(
+        "--kind",
+        action="append",
+        metavar="K",
+        help="method, survey, benchmark, ... (repeatable: any of)",
+    )
     free = sub.add_mutually_exclusive_group()
-    free.add_argument("--training-free", action="store_true", help="methods usable without any training")
-    free.add_argument("--needs-training", action="store_true", help="methods that need training or fine-tuning")
+    free.add_argument(
+        "--training-free", action="store_true", help="methods usable without any training"
+    )
+    free.add_argument(
+        "--needs-training", action="store_true", help="methods that need training or fine-tuning"
+    )
     years = sub.add_mutually_exclusive_group()
-    years.add_argument("--year", type=int, action="append", metavar="Y", help="first public in year Y (repeatable)")
+    years.add_argument(
+        "--year", type=int, action="append", metavar="Y", help="first public in year Y (repeatable)"
+    )
     years.add_argument("--since", type=int, metavar="Y", help="first public in year Y or later")
-    sub.add_argument("--venue", action="append", metavar="V", help="'ICLR' or 'ICLR 2023' (repeatable: any of)")
-    sub.add_argument("--has-code", action="store_true", help="only works with an official code link")
-    sub.add_argument("--has-impl", action="store_true", help="only works with a reference implementation")
-    sub.add_argument("--search", metavar="TEXT", help="words that must all occur in title, aliases, authors, summary or id")
-    sub.add_argument("--format", choices=("table", "json", "yaml", "bibtex", "md"), default="table", help="output format (default: table)")
-    sub.add_argument("--no-cache", action="store_true", help="re-read every file instead of using the record cache")
+    sub.add_argument(
+        "--venue", action="append", metavar="V", help="'ICLR' or 'ICLR 2023' (repeatable: any of)"
+    )
+    sub.add_argument(
+        "--has-code", action="store_true", help="only works with an official code link"
+    )
+    sub.add_argument(
+        "--has-impl", action="store_true", help="only works with a reference implementation"
+    )
+    sub.add_argument(
+        "--search",
+        metavar="TEXT",
+        help="words that must all occur in title, aliases, authors, summary or id",
+    )
+    sub.add_argument(
+        "--format",
+        choices=("table", "json", "yaml", "bibtex", "md"),
+        default="table",
+        help="output format (default: table)",
+    )
+    sub.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-read every file instead of using the record cache",
+    )
 
     sub = add("render", cmd_render, "Regenerate generated files (the JSON Schema, ...).")
-    sub.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff if anything is stale")
+    sub.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 with a diff if anything is stale",
+    )
 
-    sub = add("build", cmd_build, "The main job: validate, regenerate, print a summary of the base.")
+    sub = add(
+        "build", cmd_build, "The main job: validate, regenerate, print a summary of the base."
+    )
     sub.add_argument("--jobs", type=int, metavar="N", help=jobs_help)
 
-    sub = add("vocab", cmd_vocab, "List the controlled vocabularies with the meaning of each value.")
+    sub = add(
+        "vocab", cmd_vocab, "List the controlled vocabularies with the meaning of each value."
+    )
     sub.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -50,27 +50,24 @@ def _error(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
 
 
-def _typed(
-    check: Callable[[str], str], pattern: str, description: str, examples: list[str]
-) -> Any:
-    """A strict string type checked by `check`, with a JSON Schema an editor can use."""
-    return Annotated[
-        StrictStr,
-        AfterValidator(check),
-        WithJsonSchema(
-            {
-                "type": "string",
-                "pattern": pattern,
-                "description": description,
-                "examples": examples,
-            }
-        ),
-    ]
+def _string_schema(
+    pattern: str | list[str], description: str, examples: list[str]
+) -> WithJsonSchema:
+    """The JSON Schema of a checked string type, for editors (which cannot run Python).
+
+    The Python check gives the precise message; the pattern (or any of several) approximates it.
+    """
+    schema: dict[str, Any] = {"type": "string", "description": description, "examples": examples}
+    if isinstance(pattern, str):
+        schema["pattern"] = pattern
+    else:
+        schema["anyOf"] = [{"pattern": p} for p in pattern]
+    return WithJsonSchema(schema)
 
 
 # --- text -------------------------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _check_text(value: str) -> str:
@@ -80,7 +77,11 @@ def _check_text(value: str) -> str:
         raise _error("text", f"has leading or trailing spaces; write {value.strip()!r}")
     bad = _CONTROL.search(value)
     if bad:
-        what = "a line break" if bad.group() in "\r\n" else f"control character {bad.group()!r}"
+        what = (
+            "a line break"
+            if bad.group() in "\r\n\x85\u2028\u2029"
+            else f"control character {bad.group()!r}"
+        )
         raise _error("text", f"contains {what}; write it on one line")
     if "  " in value:
         raise _error("text", f"contains a double space; write {' '.join(value.split())!r}")
@@ -113,12 +114,15 @@ def _check_slug(value: str) -> str:
     )
 
 
-Slug = _typed(
-    _check_slug,
-    SLUG_PATTERN,
-    "Readable id <shortname>-<year>; equals the file name without .yaml.",
-    ["tome-2023", "fastv-2024"],
-)
+Slug = Annotated[
+    StrictStr,
+    AfterValidator(_check_slug),
+    _string_schema(
+        SLUG_PATTERN,
+        "Readable id <shortname>-<year>; equals the file name without .yaml.",
+        ["tome-2023", "fastv-2024"],
+    ),
+]
 
 ARXIV_PATTERN = r"^(?:[0-9]{2}(?:0[1-9]|1[0-2])\.[0-9]{4,5}|[a-z-]+(?:\.[A-Z]{2})?/[0-9]{7})$"
 _ARXIV = re.compile(ARXIV_PATTERN)
@@ -141,7 +145,8 @@ def _check_arxiv(value: str) -> str:
     if _ARXIV.match(value):
         if "/" not in value:
             yymm, number = value.split(".")
-            if int(yymm[:2]) < 15 and len(number) == 5 or int(yymm[:2]) >= 15 and len(number) == 4:
+            digits = 5 if int(yymm[:2]) >= 15 else 4
+            if len(number) != digits:
                 raise _error(
                     "arxiv_id",
                     f"{value!r} is not an arXiv id: ids from 2015 on have 5 digits after the "
@@ -157,12 +162,15 @@ def _check_arxiv(value: str) -> str:
     )
 
 
-ArxivId = _typed(
-    _check_arxiv,
-    ARXIV_PATTERN,
-    "Bare arXiv identifier, no version: '2210.09461'. Quote it in YAML.",
-    ["2210.09461"],
-)
+ArxivId = Annotated[
+    StrictStr,
+    AfterValidator(_check_arxiv),
+    _string_schema(
+        ARXIV_PATTERN,
+        "Bare arXiv identifier, no version: '2210.09461'. Quote it in YAML.",
+        ["2210.09461"],
+    ),
+]
 
 DOI_PATTERN = r"^10\.[0-9]{4,9}/\S+$"
 _DOI = re.compile(DOI_PATTERN)
@@ -173,12 +181,14 @@ def _check_doi(value: str) -> str:
         return value
     stripped = re.sub(r"^(?:https?://(?:dx\.)?doi\.org/|doi:\s*)", "", value.strip(), flags=re.I)
     tail = f"; did you mean {stripped!r}?" if stripped != value and _DOI.match(stripped) else ""
-    raise _error(
-        "doi", f"{value!r} is not a bare DOI such as '10.1109/CVPR52729.2023.00123'{tail}"
-    )
+    raise _error("doi", f"{value!r} is not a bare DOI such as '10.1109/CVPR52729.2023.00123'{tail}")
 
 
-Doi = _typed(_check_doi, DOI_PATTERN, "Bare DOI, no resolver URL.", ["10.1109/TPAMI.2023.3263826"])
+Doi = Annotated[
+    StrictStr,
+    AfterValidator(_check_doi),
+    _string_schema(DOI_PATTERN, "Bare DOI, no resolver URL.", ["10.1109/TPAMI.2023.3263826"]),
+]
 
 OPENREVIEW_PATTERN = r"^[A-Za-z0-9_-]{5,20}$"
 _OPENREVIEW = re.compile(OPENREVIEW_PATTERN)
@@ -196,9 +206,13 @@ def _check_openreview(value: str) -> str:
     )
 
 
-OpenReviewId = _typed(
-    _check_openreview, OPENREVIEW_PATTERN, "OpenReview forum id (the id= of the URL).", ["BjyvwnXXVn_"]
-)
+OpenReviewId = Annotated[
+    StrictStr,
+    AfterValidator(_check_openreview),
+    _string_schema(
+        OPENREVIEW_PATTERN, "OpenReview forum id (the id= of the URL).", ["BjyvwnXXVn_"]
+    ),
+]
 
 ACL_PATTERN = r"^(?:[0-9]{4}\.[a-z0-9]+(?:-[a-z0-9]+)*\.[0-9]+|[A-Z][0-9]{2}-[0-9]{4})$"
 _ACL = re.compile(ACL_PATTERN)
@@ -215,7 +229,11 @@ def _check_acl(value: str) -> str:
     )
 
 
-AclId = _typed(_check_acl, ACL_PATTERN, "ACL Anthology id.", ["2023.emnlp-main.825"])
+AclId = Annotated[
+    StrictStr,
+    AfterValidator(_check_acl),
+    _string_schema(ACL_PATTERN, "ACL Anthology id.", ["2023.emnlp-main.825"]),
+]
 
 IEEE_PATTERN = r"^[0-9]{5,10}$"
 _IEEE = re.compile(IEEE_PATTERN)
@@ -232,7 +250,11 @@ def _check_ieee(value: str) -> str:
     )
 
 
-IeeeId = _typed(_check_ieee, IEEE_PATTERN, "IEEE Xplore article number.", ["10183862"])
+IeeeId = Annotated[
+    StrictStr,
+    AfterValidator(_check_ieee),
+    _string_schema(IEEE_PATTERN, "IEEE Xplore article number.", ["10183862"]),
+]
 
 
 # --- links ------------------------------------------------------------------------------------
@@ -249,14 +271,20 @@ def _check_url(value: str) -> str:
     raise _error("url", f"{value!r} is not an https URL such as 'https://arxiv.org/abs/2210.09461'")
 
 
-HttpsUrl = _typed(_check_url, URL_PATTERN, "An https URL.", ["https://arxiv.org/abs/2210.09461"])
+HttpsUrl = Annotated[
+    StrictStr,
+    AfterValidator(_check_url),
+    _string_schema(URL_PATTERN, "An https URL.", ["https://arxiv.org/abs/2210.09461"]),
+]
 
 GITHUB_PATTERN = (
     r"^https://github\.com/[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?/"
     r"[A-Za-z0-9._-]+(?<!\.git)(?:/tree/[^\s?#]+[^\s?#/])?$"
 )
 _GITHUB = re.compile(GITHUB_PATTERN)
-_GITHUB_REPO = re.compile(r"^https?://(?:www\.)?github\.com/([^/\s?#]+)/([^/\s?#]+)(/tree/[^\s?#]+)?")
+_GITHUB_REPO = re.compile(
+    r"^https?://(?:www\.)?github\.com/([^/\s?#]+)/([^/\s?#]+)(/tree/[^\s?#]+)?"
+)
 
 
 def normalize_github(value: str) -> str | None:
@@ -285,15 +313,23 @@ def _check_code(value: str) -> str:
     return _check_url(value)
 
 
-CodeUrl = _typed(
-    _check_code,
-    r"^https://\S+$",
-    "Official code repository; GitHub links as https://github.com/<owner>/<repo>.",
-    ["https://github.com/facebookresearch/ToMe"],
-)
-GitHubUrl = _typed(
-    _check_code, GITHUB_PATTERN, "A GitHub repository URL.", ["https://github.com/owner/repo"]
-)
+CodeUrl = Annotated[
+    StrictStr,
+    AfterValidator(_check_code),
+    _string_schema(
+        [
+            r"^https://(?!(?:www\.)?github\.com/)[A-Za-z0-9.-]+\.[A-Za-z]{2,}(?:[/?#]\S*)?$",
+            GITHUB_PATTERN,
+        ],
+        "Official code repository; GitHub links as https://github.com/<owner>/<repo>.",
+        ["https://github.com/facebookresearch/ToMe"],
+    ),
+]
+GitHubUrl = Annotated[
+    StrictStr,
+    AfterValidator(_check_code),
+    _string_schema(GITHUB_PATTERN, "A GitHub repository URL.", ["https://github.com/owner/repo"]),
+]
 
 MODULE_PATTERN = r"^reference_impls(?:\.[a-z_][a-z0-9_]*)+$"
 _MODULE = re.compile(MODULE_PATTERN)
@@ -304,14 +340,17 @@ def _check_module(value: str) -> str:
         return value
     raise _error(
         "module",
-        f"{value!r} is not a reference implementation module such as "
-        "'reference_impls.vision.tome'",
+        f"{value!r} is not a reference implementation module such as 'reference_impls.vision.tome'",
     )
 
 
-ModuleName = _typed(
-    _check_module, MODULE_PATTERN, "Dotted module under reference_impls.", ["reference_impls.vision.tome"]
-)
+ModuleName = Annotated[
+    StrictStr,
+    AfterValidator(_check_module),
+    _string_schema(
+        MODULE_PATTERN, "Dotted module under reference_impls.", ["reference_impls.vision.tome"]
+    ),
+]
 
 SOURCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _SOURCE = re.compile(SOURCE_PATTERN)
@@ -327,12 +366,15 @@ def _check_source(value: str) -> str:
     )
 
 
-SourceName = _typed(
-    _check_source,
-    SOURCE_PATTERN,
-    "Where the facts came from: a source-list file stem, 'arxiv' or 'manual'.",
-    ["000_bc6bb1248e4d14b4", "manual"],
-)
+SourceName = Annotated[
+    StrictStr,
+    AfterValidator(_check_source),
+    _string_schema(
+        SOURCE_PATTERN,
+        "Where the facts came from: a source-list file stem, 'arxiv' or 'manual'.",
+        ["000_bc6bb1248e4d14b4", "manual"],
+    ),
+]
 
 
 # --- numbers and venues -----------------------------------------------------------------------
@@ -347,7 +389,11 @@ def _check_year(value: int) -> int:
 
 Year = Annotated[StrictInt, AfterValidator(_check_year)]
 
-VENUE_PATTERN = r"^(?:arXiv|[A-Za-z][A-Za-z ]*[A-Za-z] (?:19|20)[0-9]{2}(?: Workshop| Findings)?)$"
+VENUE_PATTERN = (
+    r"^(?:arXiv|(?:"
+    + "|".join(re.escape(name).replace("\\ ", " ") for name in VENUES)
+    + r") (?:19|20)[0-9]{2}(?: Workshop| Findings)?)$"
+)
 _VENUE = re.compile(r"^(?P<name>.+?) (?P<year>(?:19|20)[0-9]{2})(?: (?P<suffix>[A-Za-z]+))?$")
 _VENUE_BY_LOWER = {name.lower(): name for name in VENUES}
 
@@ -365,8 +411,13 @@ def suggest_venue(value: str) -> str | None:
         return ARXIV_VENUE
     workshop = re.search(r"workshop|w$|\bw\b", text, re.I) is not None
     findings = re.search(r"findings", text, re.I) is not None
-    words = re.sub(r"(?:19|20)[0-9]{2}|workshops?|findings|of|the|\(|\)", " ", text, flags=re.I)
-    candidates = [w.strip(" ,.-") for w in [" ".join(words.split())] + words.split()]
+    words = re.sub(
+        r"(?:19|20)[0-9]{2}|\b(?:workshops?|findings|of|the|proceedings)\b|[()]",
+        " ",
+        text,
+        flags=re.I,
+    )
+    candidates = [w.strip(" ,.-") for w in [" ".join(words.split()), *words.split()]]
     for candidate in candidates:
         key = candidate.lower()
         name = _VENUE_BY_LOWER.get(key) or VENUE_SPELLINGS.get(key)
@@ -388,20 +439,30 @@ def _check_venue(value: str) -> str:
     if match and match.group("name") in VENUES and match.group("suffix") in (None, *VENUE_SUFFIXES):
         return value
     hint = suggest_venue(value)
-    tail = f"; did you mean {hint!r}?" if hint and hint != value else ""
+    if hint and hint != value:
+        raise _error("venue", f"{value!r} is not a normalised venue; did you mean {hint!r}?")
+    if match and match.group("suffix") in (None, *VENUE_SUFFIXES):
+        raise _error(
+            "venue",
+            f"{match.group('name')!r} is not a known venue name ({', '.join(VENUES)}); if it is "
+            "a real venue, add it to VENUES in src/tokenkb/taxonomy.py",
+        )
     raise _error(
         "venue",
-        f"{value!r} is not a normalised venue: '<NAME> <YEAR>' with NAME one of "
-        f"{', '.join(VENUES)}, optionally followed by 'Workshop' or 'Findings', or 'arXiv'{tail}",
+        f"{value!r} is not a normalised venue such as 'ICLR 2023', 'CVPR 2023 Workshop', "
+        "'EMNLP 2023 Findings' or 'arXiv'",
     )
 
 
-Venue = _typed(
-    _check_venue,
-    VENUE_PATTERN,
-    "Normalised venue: '<NAME> <YEAR>' (+ ' Workshop' / ' Findings') or 'arXiv'.",
-    ["ICLR 2023", "CVPR 2023 Workshop", "EMNLP 2023 Findings", "arXiv"],
-)
+Venue = Annotated[
+    StrictStr,
+    AfterValidator(_check_venue),
+    _string_schema(
+        VENUE_PATTERN,
+        "Normalised venue: '<NAME> <YEAR>' (+ ' Workshop' / ' Findings') or 'arXiv'.",
+        ["ICLR 2023", "CVPR 2023 Workshop", "EMNLP 2023 Findings", "arXiv"],
+    ),
+]
 
 
 def _unique(values: list[Any]) -> list[Any]:
@@ -409,7 +470,9 @@ def _unique(values: list[Any]) -> list[Any]:
     for value in values:
         if isinstance(value, BaseModel):
             key: Any = value.model_dump_json()
-            shown = ", ".join(f"{k}: {v}" for k, v in value.model_dump(exclude_defaults=True).items())
+            shown = ", ".join(
+                f"{k}: {v}" for k, v in value.model_dump(exclude_defaults=True).items()
+            )
         else:
             key = value.casefold() if isinstance(value, str) else value
             shown = str(value)
@@ -513,8 +576,8 @@ class Paper(BaseModel):
     year: Year = Field(description="Year of the first public version (e.g. arXiv v1).")
     venue: Venue = Field(description="Normalised venue, e.g. 'ICLR 2023', or 'arXiv'.")
     kind: KindField
-    modality: Annotated[list[ModalityField], Field(min_length=1), AfterValidator(_unique)] = (
-        Field(description="One or more modalities.")
+    modality: Annotated[list[ModalityField], Field(min_length=1), AfterValidator(_unique)] = Field(
+        description="One or more modalities."
     )
     family: Annotated[list[FamilyField], AfterValidator(_unique)] = Field(
         default_factory=list, description="One or more method families (required for methods)."
@@ -551,9 +614,7 @@ class Paper(BaseModel):
         if problems:
             raise PydanticCustomError(
                 "record_rules",
-                "; ".join(message for _, message in problems).replace("{", "{{").replace(
-                    "}", "}}"
-                ),
+                "; ".join(message for _, message in problems).replace("{", "{{").replace("}", "}}"),
                 {"problems": problems},
             )
         return self
@@ -565,55 +626,80 @@ def _record_problems(
     """Rules spanning several fields, as (location, message) pairs."""
     stem = context.get("stem")
     if stem is not None and paper.id != stem:
-        yield ("id",), (
-            f"id {paper.id!r} does not match the file name {stem + '.yaml'!r}; rename the file "
-            f"to {paper.id + '.yaml'!r} or set id: {stem}"
+        yield (
+            ("id",),
+            (
+                f"id {paper.id!r} does not match the file name {stem + '.yaml'!r}; rename the file "
+                f"to {paper.id + '.yaml'!r} or set id: {stem}"
+            ),
         )
     if paper.impl_level is not None and paper.impl is None:
-        yield ("impl_level",), (
-            "impl_level is set but impl is not; name the reference_impls module in impl or "
-            "remove impl_level"
+        yield (
+            ("impl_level",),
+            (
+                "impl_level is set but impl is not; name the reference_impls module in impl or "
+                "remove impl_level"
+            ),
         )
     if paper.impl is not None and paper.impl_level is None:
-        yield ("impl",), (
-            "impl needs impl_level: 'paper' (this work's own algorithm) or 'family' (the "
-            "canonical algorithm of its family)"
+        yield (
+            ("impl",),
+            (
+                "impl needs impl_level: 'paper' (this work's own algorithm) or 'family' (the "
+                "canonical algorithm of its family)"
+            ),
         )
     if paper.kind is Kind.METHOD:
         if paper.training_free is None:
-            yield ("kind",), (
-                "methods need training_free: true or false (can it be applied to a pretrained "
-                "model without any training or fine-tuning?)"
+            yield (
+                ("kind",),
+                (
+                    "methods need training_free: true or false (can it be applied to a pretrained "
+                    "model without any training or fine-tuning?)"
+                ),
             )
         if not paper.family:
-            yield ("kind",), (
-                f"methods need at least one family ({', '.join(f.value for f in Family)})"
+            yield (
+                ("kind",),
+                (f"methods need at least one family ({', '.join(f.value for f in Family)})"),
             )
     elif paper.training_free is not None:
-        yield ("training_free",), (
-            f"training_free applies to methods only and this record has kind: "
-            f"{paper.kind.value}; remove it"
+        yield (
+            ("training_free",),
+            (
+                f"training_free applies to methods only and this record has kind: "
+                f"{paper.kind.value}; remove it"
+            ),
         )
     published = venue_year(paper.venue)
     if published is not None and published < paper.year:
-        yield ("venue",), (
-            f"venue year {published} is before year {paper.year}; year is the first public "
-            f"version, so it is {published} or earlier"
+        yield (
+            ("venue",),
+            (
+                f"venue year {published} is before year {paper.year}; year is the first public "
+                f"version, so it is {published} or earlier"
+            ),
         )
     id_year = int(re.sub(r"[a-z]$", "", paper.id)[-4:])
     if id_year not in (paper.year, published):
         choices = sorted({paper.year, published or paper.year})
         base = paper.id.rsplit("-", 1)[0]
-        yield ("id",), (
-            f"id year {id_year} matches neither year ({paper.year}) nor the venue year; use "
-            + " or ".join(repr(f"{base}-{year}") for year in choices)
+        yield (
+            ("id",),
+            (
+                f"id year {id_year} matches neither year ({paper.year}) nor the venue year; use "
+                + " or ".join(repr(f"{base}-{year}") for year in choices)
+            ),
         )
     if paper.arxiv is not None and "." in paper.arxiv and "/" not in paper.arxiv:
         arxiv_year = 2000 + int(paper.arxiv[:2])
         if paper.year > arxiv_year:
-            yield ("year",), (
-                f"year {paper.year} is after the arXiv id's year {arxiv_year} ({paper.arxiv}); "
-                f"year is the first public version, so it is {arxiv_year} or earlier"
+            yield (
+                ("year",),
+                (
+                    f"year {paper.year} is after the arXiv id's year {arxiv_year} ({paper.arxiv}); "
+                    f"year is the first public version, so it is {arxiv_year} or earlier"
+                ),
             )
     if paper.paper is not None:
         linked = re.match(r"^https://arxiv\.org/(?:abs|pdf)/(.+)$", paper.paper)
@@ -621,8 +707,9 @@ def _record_problems(
         if linked_id is not None and paper.arxiv is None:
             yield ("paper",), f"paper links arXiv {linked_id}; also set arxiv: '{linked_id}'"
         elif linked_id is not None and linked_id != paper.arxiv:
-            yield ("paper",), (
-                f"paper links arXiv {linked_id} but arxiv is {paper.arxiv}; one of them is wrong"
+            yield (
+                ("paper",),
+                (f"paper links arXiv {linked_id} but arxiv is {paper.arxiv}; one of them is wrong"),
             )
     title = paper.title.casefold()
     for index, alias in enumerate(paper.aliases):

@@ -76,7 +76,10 @@ def matches(record: dict[str, Any], filters: Filters) -> bool:
         return False
     if filters.kind and record["kind"] not in filters.kind:
         return False
-    if filters.training_free is not None and record.get("training_free") is not filters.training_free:
+    if (
+        filters.training_free is not None
+        and record.get("training_free") is not filters.training_free
+    ):
         return False
     if filters.year and record["year"] not in filters.year:
         return False

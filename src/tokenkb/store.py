@@ -14,7 +14,7 @@ This module does not print and does not decide what to do about problems; caller
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,11 @@ def read_text(path: Path) -> str:
         size = path.stat().st_size
         if size > MAX_BYTES:
             raise RecordError(
-                [Problem(name, 1, f"file is {size} bytes; a record must be under {MAX_BYTES} bytes")]
+                [
+                    Problem(
+                        name, 1, f"file is {size} bytes; a record must be under {MAX_BYTES} bytes"
+                    )
+                ]
             )
         data = path.read_bytes()
     except OSError as exc:
@@ -104,7 +108,13 @@ def read_text(path: Path) -> str:
         not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
     ):
         raise RecordError(
-            [Problem(name, 1, "file is empty; a record is a mapping of fields (see schema/template.yaml)")]
+            [
+                Problem(
+                    name,
+                    1,
+                    "file is empty; a record is a mapping of fields (see schema/template.yaml)",
+                )
+            ]
         )
     return text
 
@@ -163,22 +173,23 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
             line = event.start_mark.line + 1
             if kind is yaml.AliasEvent:
                 problems.append(
-                    Problem(name, line, f"alias '*{event.anchor}' is not allowed; write the value out")
+                    Problem(
+                        name, line, f"alias '*{event.anchor}' is not allowed; write the value out"
+                    )
                 )
                 value: Any = None
             else:
                 if event.anchor is not None:
                     problems.append(
-                        Problem(
-                            name, line, f"anchor '&{event.anchor}' is not allowed; remove it"
-                        )
+                        Problem(name, line, f"anchor '&{event.anchor}' is not allowed; remove it")
                     )
-                if event.tag not in _ALLOWED_TAGS and not (
-                    kind is yaml.ScalarEvent and event.implicit[0]
-                ) and not (kind is not yaml.ScalarEvent and event.implicit):
-                    problems.append(
-                        Problem(name, line, f"tag {event.tag!r} is not allowed; remove it")
-                    )
+                if (
+                    event.tag not in _ALLOWED_TAGS
+                    and not (kind is yaml.ScalarEvent and event.implicit[0])
+                    and not (kind is not yaml.ScalarEvent and event.implicit)
+                ):
+                    tag = str(event.tag).replace("tag:yaml.org,2002:", "!!")
+                    problems.append(Problem(name, line, f"tag {tag!r} is not allowed; remove it"))
                 if kind is yaml.ScalarEvent:
                     value = _scalar(loader, event)
                 elif kind is yaml.MappingStartEvent:
@@ -190,7 +201,9 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                     shape = "a list" if kind is yaml.SequenceStartEvent else "a single value"
                     problems.append(
                         Problem(
-                            name, line, f"a record is a mapping of 'field: value' lines, not {shape}"
+                            name,
+                            line,
+                            f"a record is a mapping of 'field: value' lines, not {shape}",
                         )
                     )
                     break
@@ -202,10 +215,11 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
             container, path, key = frame
             if isinstance(container, dict) and key is _NOKEY:
                 if kind is not yaml.ScalarEvent or not isinstance(value, str):
-                    text_key = getattr(event, "value", "")
-                    problems.append(
-                        Problem(name, line, f"key {text_key!r} is not a field name; keys are text")
-                    )
+                    if kind is yaml.ScalarEvent:
+                        what = f"key {event.value!r} is not text"
+                    else:
+                        what = "a list or mapping cannot be a key"
+                    problems.append(Problem(name, line, f"{what}; keys are field names"))
                     frame[2] = _DROP
                 elif value in container:
                     problems.append(
@@ -247,7 +261,13 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
         raise RecordError(problems)
     if root is None:
         raise RecordError(
-            [Problem(name, 1, "file is empty; a record is a mapping of fields (see schema/template.yaml)")]
+            [
+                Problem(
+                    name,
+                    1,
+                    "file is empty; a record is a mapping of fields (see schema/template.yaml)",
+                )
+            ]
         )
     return ParsedYaml(root, lines, raw)
 
@@ -289,7 +309,7 @@ def _describe_input(value: Any, raw: str | None) -> str:
     return f"{_YAML_TYPES.get(type(value), type(value).__name__)} {shown}"
 
 
-def _message(error: dict[str, Any], parsed: ParsedYaml) -> str:
+def _message(error: Mapping[str, Any], parsed: ParsedYaml) -> str:
     loc: tuple[Any, ...] = error["loc"]
     kind = error["type"]
     value = error.get("input")
@@ -304,10 +324,7 @@ def _message(error: dict[str, Any], parsed: ParsedYaml) -> str:
         return f"{where}unknown field {loc[-1]!r}{did_you_mean(str(loc[-1]), fields)}"
     if kind == "enum":
         values = [member.value for member in ENUM_FIELDS[str(loc[0])]]
-        return (
-            f"{loc[0]} {value!r} is not one of {', '.join(values)}"
-            f"{did_you_mean(value, values)}"
-        )
+        return f"{loc[0]} {value!r} is not one of {', '.join(values)}{did_you_mean(value, values)}"
     if kind == "string_type":
         hint = f"; quote it: '{raw}'" if raw is not None and value is not None else ""
         return f"{label}: expected text, got {_describe_input(value, raw)}{hint}"
@@ -325,20 +342,19 @@ def _message(error: dict[str, Any], parsed: ParsedYaml) -> str:
         return f"{label}: expected a mapping of 'field: value', got {_describe_input(value, raw)}"
     if kind == "too_short":
         return f"{label}: give at least one value"
-    if kind == "string_too_long":
+    if kind in ("string_too_long", "too_long") and isinstance(value, str):
         limit = error.get("ctx", {}).get("max_length")
-        return f"{label}: is {len(value)} characters; keep it to {limit} (one to three sentences)"
+        return (
+            f"{label}: is {len(value)} characters; keep it to {limit} or fewer "
+            "(one to three sentences)"
+        )
     if kind == "greater_than_equal":
         return f"{label}: must be {error['ctx']['ge']} or more, got {value!r}"
-    if kind in ("none_required", "enum"):
-        return f"{label}: {error['msg']}"
     # Our own field types (model._typed) raise complete messages.
     return f"{label}: {error['msg']}" if label else str(error["msg"])
 
 
-def problems_from_validation(
-    exc: ValidationError, name: str, parsed: ParsedYaml
-) -> list[Problem]:
+def problems_from_validation(exc: ValidationError, name: str, parsed: ParsedYaml) -> list[Problem]:
     """One Problem per pydantic error, each at the line of the field it is about."""
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):

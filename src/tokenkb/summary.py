@@ -25,7 +25,9 @@ def summarize(records: list[dict[str, Any]]) -> str:
     free = sum(1 for r in methods if r.get("training_free"))
     lines.append(f"  {'training-free:':<16}{free} of {len(methods)} methods")
     lines.append(f"  {'with code:':<16}{sum(1 for r in records if r.get('code'))}")
-    lines.append(f"  {'with impl:':<16}{sum(1 for r in methods if r.get('impl'))} of {len(methods)} methods")
+    lines.append(
+        f"  {'with impl:':<16}{sum(1 for r in methods if r.get('impl'))} of {len(methods)} methods"
+    )
     years = sorted(r["year"] for r in records)
     if years:
         lines.append(f"  {'years:':<16}{years[0]}-{years[-1]}")

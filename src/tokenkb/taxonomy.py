@@ -83,7 +83,7 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
     Family: {
         "pruning": "drops tokens judged unimportant",
         "merging": "combines similar tokens into fewer tokens",
-        "prune-merge": "prunes some tokens and merges others, or fuses pruned tokens into kept ones",
+        "prune-merge": "prunes some tokens and merges others, or fuses pruned ones into kept ones",
         "clustering": "groups tokens by clustering and keeps one token per cluster",
         "learned-compression": (
             "learned modules that produce fewer tokens: resamplers, projectors, learned tokenizers"

@@ -76,7 +76,9 @@ def _check_chunk(paths: list[str], keep_records: bool) -> list[Checked]:
     return [check_file(Path(p), keep_records) for p in paths]
 
 
-def check_files(paths: Sequence[Path], keep_records: bool = False, jobs: int | None = None) -> list[Checked]:
+def check_files(
+    paths: Sequence[Path], keep_records: bool = False, jobs: int | None = None
+) -> list[Checked]:
     """Check many files, in worker processes when there are many of them."""
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if jobs <= 1 or len(paths) < PARALLEL_THRESHOLD:
@@ -106,14 +108,18 @@ def cross_record_problems(checked: Iterable[Checked]) -> list[Problem]:
         if item.id in ids:
             other = ids[item.id]
             problems.append(
-                Problem(item.path, item.id_line, f"id {item.id!r} is also used by {other.path}:{other.id_line}")
+                Problem(
+                    item.path,
+                    item.id_line,
+                    f"id {item.id!r} is also used by {other.path}:{other.id_line}",
+                )
             )
         else:
             ids[item.id] = item
-        for key, seen, label in ((item.arxiv, arxiv, "arXiv id"), (item.doi, dois, "DOI")):
-            if key is None:
+        for identifier, seen, label in ((item.arxiv, arxiv, "arXiv id"), (item.doi, dois, "DOI")):
+            if identifier is None:
                 continue
-            value, line = key
+            value, line = identifier
             if value in seen:
                 other = seen[value]
                 problems.append(

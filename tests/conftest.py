@@ -1,0 +1,67 @@
+"""Shared test fixtures: the repository layout and an in-process `kb` runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tokenkb.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPERS = ROOT / "papers"
+DATA = Path(__file__).resolve().parent / "data"
+
+VALID_RECORD = """id: {id}
+title: {title}
+authors:
+- Ada Lovelace
+year: 2023
+venue: ICLR 2023
+kind: method
+modality:
+- vision
+family:
+- merging
+training_free: true
+arxiv: '{arxiv}'
+"""
+
+
+def valid_record(
+    id: str = "valid-2023", title: str = "A Valid Title", arxiv: str = "2301.00001"
+) -> str:
+    return VALID_RECORD.format(id=id, title=title, arxiv=arxiv)
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def kb(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., Run]:
+    """Run `kb ARGS` in process; the record cache goes to a temporary directory."""
+    monkeypatch.setenv("TOKENKB_CACHE_DIR", str(tmp_path / "kbcache"))
+
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def papers_dir(tmp_path: Path) -> Path:
+    """An empty papers directory inside a scratch project root."""
+    directory = tmp_path / "project" / "papers"
+    directory.mkdir(parents=True)
+    return directory
