@@ -13,6 +13,7 @@ This module does not print and does not decide what to do about problems; caller
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -272,11 +273,23 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
     return ParsedYaml(root, lines, raw)
 
 
+# Plain scalars whose first character starts no implicit YAML type (int, float, bool, null,
+# timestamp, ...) are text; the resolver's table is keyed by that first character.
+_IMPLICIT_FIRST = frozenset(k for k in yaml.SafeLoader.yaml_implicit_resolvers if k is not None)
+_TAGS: dict[str, str] = {}  # plain scalar text -> resolved tag; field names and values repeat
+
+
 def _scalar(loader: Any, event: Any) -> Any:
     value = event.value
     if not event.implicit[0]:
         return value  # quoted or block scalar (or tagged, reported elsewhere): text
-    tag = loader.resolve(yaml.ScalarNode, value, (True, False))
+    if value and value[0] not in _IMPLICIT_FIRST:
+        return value
+    tag = _TAGS.get(value)
+    if tag is None:
+        tag = loader.resolve(yaml.ScalarNode, value, (True, False))
+        if len(_TAGS) < 50_000:
+            _TAGS[value] = tag
     if tag == _STR_TAG:
         return value
     node = yaml.ScalarNode(tag, value)
@@ -426,7 +439,12 @@ _Dumper.add_representer(
 
 def record_paths(directory: Path) -> list[Path]:
     """The record files of a papers directory, sorted by name."""
-    return sorted(p for p in directory.glob("*.yaml") if not p.name.startswith("."))
+    names = sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.name.endswith(".yaml") and not entry.name.startswith(".")
+    )
+    return [directory / name for name in names]
 
 
 def misnamed_files(directory: Path) -> Iterator[Problem]:

@@ -162,6 +162,8 @@ def collect_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
             problems.extend(misnamed_files(path))
         else:
             files.append(path)
+    if len(paths) == 1:
+        return files, problems  # one directory lists each file once
     seen: set[Path] = set()
     unique = []
     for path in files:
