@@ -202,9 +202,14 @@ def test_md_format_one_line_per_record(kb) -> None:
 
 def test_table_is_aligned_and_clipped() -> None:
     records = [{**HOSTILE, "title": "A very long title " * 10}]
-    table = to_table(records, width=100).splitlines()
+    table = to_table(records, width=140).splitlines()
     assert table[0].split() == ["ID", "YEAR", "VENUE", "MODALITY", "FAMILY", "TF", "CODE", "TITLE"]
-    assert len(table[1]) <= 100 and table[1].endswith("…")
+    assert len(table[1]) <= 140 and table[1].endswith("…")
+    assert table[1].index("A very") == table[0].index("TITLE")
+    narrow = to_table(records, width=80).splitlines()
+    assert narrow[0].split() == ["ID", "YEAR", "FAMILY", "TF", "TITLE"]
+    assert len(narrow[1]) <= 80
+    assert to_table(records).splitlines()[1].endswith("title")  # a pipe: nothing clipped
     assert table[-1] == "1 record"
     assert to_table([]).splitlines()[-1] == "0 records"
 

@@ -95,11 +95,16 @@ def _clip(text: str, width: int) -> str:
     return out + "…"
 
 
+# On a narrow terminal, columns are dropped in this order until the title has room.
+_DROP_ORDER = ("CODE", "MODALITY", "VENUE", "FAMILY", "TF")
+MIN_TITLE = 40
+
+
 def to_table(records: list[dict[str, Any]], width: int | None = None) -> str:
-    """Aligned columns; the title is clipped to `width` when one is given (a terminal)."""
-    header = ("ID", "YEAR", "VENUE", "MODALITY", "FAMILY", "TF", "CODE", "TITLE")
+    """Aligned columns; with a `width` (a terminal) columns are dropped and titles clipped."""
+    header = ["ID", "YEAR", "VENUE", "MODALITY", "FAMILY", "TF", "CODE", "TITLE"]
     rows = [
-        (
+        [
             r["id"],
             str(r["year"]),
             r["venue"],
@@ -108,15 +113,22 @@ def to_table(records: list[dict[str, Any]], width: int | None = None) -> str:
             {True: "yes", False: "no", None: "-"}[r.get("training_free")],
             "yes" if r.get("code") else "-",
             r["title"],
-        )
+        ]
         for r in records
     ]
     widths = [max([_width(h)] + [_width(row[i]) for row in rows]) for i, h in enumerate(header)]
-    fixed = sum(widths[:-1]) + 2 * (len(header) - 1)
+    keep = list(range(len(header)))
+    if width:
+        for name in _DROP_ORDER:
+            fixed = sum(widths[i] + 2 for i in keep[:-1])
+            if width - fixed >= MIN_TITLE:
+                break
+            keep.remove(header.index(name))
+    fixed = sum(widths[i] + 2 for i in keep[:-1])
     title_width = max(20, width - fixed) if width else widths[-1]
     lines = []
     for row in [header, *rows]:
-        cells = [cell + " " * (widths[i] - _width(cell)) for i, cell in enumerate(row[:-1])]
+        cells = [row[i] + " " * (widths[i] - _width(row[i])) for i in keep[:-1]]
         cells.append(_clip(row[-1], title_width))
         lines.append("  ".join(cells).rstrip())
     lines.append(f"{len(records)} record{'s' if len(records) != 1 else ''}")

@@ -37,7 +37,7 @@ _ALLOWED_TAGS = {None, "!"}
 _NOKEY = object()  # the mapping frame is waiting for a key
 _DROP = object()  # the value belongs to a duplicate key and is not kept
 
-Path_ = tuple[str | int, ...]
+Loc = tuple[str | int, ...]  # where a value sits: field names and list indexes
 
 
 class ParsedYaml:
@@ -45,7 +45,7 @@ class ParsedYaml:
 
     __slots__ = ("data", "lines", "raw")
 
-    def __init__(self, data: Any, lines: dict[Path_, int], raw: dict[Path_, str]) -> None:
+    def __init__(self, data: Any, lines: dict[Loc, int], raw: dict[Loc, str]) -> None:
         self.data = data
         self.lines = lines
         self.raw = raw  # source text of scalars that did not resolve to strings
@@ -123,8 +123,8 @@ def read_text(path: Path) -> str:
 def parse_yaml(text: str, name: str) -> ParsedYaml:
     """Parse one YAML document strictly; RecordError lists every structural problem."""
     problems: list[Problem] = []
-    lines: dict[Path_, int] = {}
-    raw: dict[Path_, str] = {}
+    lines: dict[Loc, int] = {}
+    raw: dict[Loc, str] = {}
     # A frame is [container, path, pending key]; dict frames wait for a key, then a value.
     stack: list[list[Any]] = []
     root: Any = None
@@ -239,7 +239,7 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                     stack.append([value, (*path, "?"), _NOKEY])
                 continue
             if isinstance(container, dict):
-                child_path: Path_ = (*path, key)
+                child_path: Loc = (*path, key)
                 if key is not _DROP:
                     container[key] = value
                 frame[2] = _NOKEY

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .problems import Problem, RecordError
-from .store import load_record, misnamed_files, parse_record, read_text, record_paths
+from .store import misnamed_files, parse_record, read_text, record_paths
 
 PARALLEL_THRESHOLD = 1000
 CHUNK = 500
@@ -183,6 +183,3 @@ def validate(paths: Sequence[Path], keep_records: bool = False, jobs: int | None
     problems.extend(cross_record_problems(checked))
     records = [item.record for item in checked if item.record is not None]
     return Report(len(files), sorted(set(problems)), records)
-
-
-__all__ = ["Checked", "Report", "check_file", "load_record", "validate"]
