@@ -245,3 +245,42 @@ def test_record_error_lists_all_problems() -> None:
         "f.yaml:4: venue: 'Neurips 2023' is not a normalised venue; did you mean 'NeurIPS 2023'?",
         "f.yaml:6: modality 'vllm' is not one of vision, video, language, vlm, audio, diffusion, ssm, multimodal; did you mean 'vlm'?",
     ]
+
+
+# --- robustness: bad input is a RecordError, never a traceback ----------------------------------
+
+_YAMLISH = st.sampled_from(
+    [":", " ", "\n", "- ", "[", "]", "{", "}", "&a ", "*a", "!!str ", "'", '"', "#", "---\n", "\t",
+     "? ", "|\n", ">\n", "%YAML 1.1\n", "\x00", "\ufeff", "é", "2023", "true", "null", "~"]
+)  # fmt: skip
+
+
+@st.composite
+def mutated_records(draw: st.DrawFn) -> str:
+    text = valid_record()
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(text)))
+        cut = draw(st.integers(0, 6))
+        text = text[:at] + draw(_YAMLISH) + text[at + cut :]
+    return text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(mutated_records(), st.text(max_size=200)))
+def test_any_text_gives_a_record_or_record_error(text: str) -> None:
+    try:
+        parse_record(text, "fuzz.yaml", stem="valid-2023")
+    except RecordError as exc:
+        assert exc.problems
+        assert all(p.path == "fuzz.yaml" and p.line >= 1 and p.message for p in exc.problems)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_any_bytes_give_a_record_or_record_error(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "valid-2023.yaml"
+    path.write_bytes(data)
+    try:
+        load_record(path)
+    except RecordError as exc:
+        assert exc.problems

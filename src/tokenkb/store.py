@@ -33,7 +33,6 @@ YAML_WIDTH = 1_000_000  # one line per value: a changed word changes one line of
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
-_ALLOWED_TAGS = {None, "!"}
 _NOKEY = object()  # the mapping frame is waiting for a key
 _DROP = object()  # the value belongs to a duplicate key and is not kept
 
@@ -125,15 +124,17 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
     problems: list[Problem] = []
     lines: dict[Loc, int] = {}
     raw: dict[Loc, str] = {}
-    # A frame is [container, path, pending key]; dict frames wait for a key, then a value.
+    # A frame is [container, loc, pending key]; a mapping frame waits for a key, then a value.
     stack: list[list[Any]] = []
     root: Any = None
     documents = 0
+    scalar_event, mapping_start, sequence_start = _SCALAR, _MAPPING_START, _SEQUENCE_START
     loader = _Loader(text)
+    get_event = loader.get_event
     try:
         while True:
             try:
-                event = loader.get_event()
+                event = get_event()
             except yaml.MarkedYAMLError as exc:
                 mark = exc.problem_mark or exc.context_mark
                 line = mark.line + 1 if mark is not None else 1
@@ -146,9 +147,20 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                 problems.append(Problem(name, 1, f"invalid YAML: {exc}"))
                 break
             kind = type(event)
-            if kind is yaml.StreamEndEvent:
-                break
-            if kind is yaml.DocumentStartEvent:
+            # Node events (scalar, mapping or sequence start, alias) build values; the others
+            # close containers or delimit documents.
+            if kind is scalar_event:
+                value: Any = _scalar(loader, event) if event.implicit[0] else event.value
+            elif kind is mapping_start:
+                value = {}
+            elif kind is sequence_start:
+                value = []
+            elif kind is _ALIAS:
+                value = None
+            elif kind is _MAPPING_END or kind is _SEQUENCE_END:
+                stack.pop()
+                continue
+            elif kind is _DOCUMENT_START:
                 documents += 1
                 if documents > 1:
                     problems.append(
@@ -161,45 +173,24 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                     )
                     break
                 continue
-            if kind in (yaml.MappingEndEvent, yaml.SequenceEndEvent):
-                stack.pop()
-                continue
-            if kind not in (
-                yaml.ScalarEvent,
-                yaml.MappingStartEvent,
-                yaml.SequenceStartEvent,
-                yaml.AliasEvent,
-            ):
+            elif kind is _STREAM_END:
+                break
+            else:
                 continue
             line = event.start_mark.line + 1
-            if kind is yaml.AliasEvent:
-                problems.append(
-                    Problem(
-                        name, line, f"alias '*{event.anchor}' is not allowed; write the value out"
-                    )
-                )
-                value: Any = None
-            else:
-                if event.anchor is not None:
-                    problems.append(
-                        Problem(name, line, f"anchor '&{event.anchor}' is not allowed; remove it")
-                    )
-                if (
-                    event.tag not in _ALLOWED_TAGS
-                    and not (kind is yaml.ScalarEvent and event.implicit[0])
-                    and not (kind is not yaml.ScalarEvent and event.implicit)
-                ):
-                    tag = str(event.tag).replace("tag:yaml.org,2002:", "!!")
-                    problems.append(Problem(name, line, f"tag {tag!r} is not allowed; remove it"))
-                if kind is yaml.ScalarEvent:
-                    value = _scalar(loader, event)
-                elif kind is yaml.MappingStartEvent:
-                    value = {}
+            if event.anchor is not None:
+                if kind is _ALIAS:
+                    message = f"alias '*{event.anchor}' is not allowed; write the value out"
                 else:
-                    value = []
+                    message = f"anchor '&{event.anchor}' is not allowed; remove it"
+                problems.append(Problem(name, line, message))
+            if kind is not _ALIAS and event.tag is not None and event.tag != "!":
+                tag = str(event.tag).replace("tag:yaml.org,2002:", "!!")
+                problems.append(Problem(name, line, f"tag {tag!r} is not allowed; remove it"))
+            is_container = kind is mapping_start or kind is sequence_start
             if not stack:
-                if kind is not yaml.MappingStartEvent:
-                    shape = "a list" if kind is yaml.SequenceStartEvent else "a single value"
+                if kind is not mapping_start:
+                    shape = "a list" if kind is sequence_start else "a single value"
                     problems.append(
                         Problem(
                             name,
@@ -213,10 +204,10 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                 stack.append([value, (), _NOKEY])
                 continue
             frame = stack[-1]
-            container, path, key = frame
-            if isinstance(container, dict) and key is _NOKEY:
-                if kind is not yaml.ScalarEvent or not isinstance(value, str):
-                    if kind is yaml.ScalarEvent:
+            container, loc, key = frame
+            if key is _NOKEY:  # only mapping frames wait for a key
+                if kind is not scalar_event or not isinstance(value, str):
+                    if kind is scalar_event:
                         what = f"key {event.value!r} is not text"
                     else:
                         what = "a list or mapping cannot be a key"
@@ -227,35 +218,37 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                         Problem(
                             name,
                             line,
-                            f"duplicate key {value!r} (first at line {lines[(*path, value)]}); "
+                            f"duplicate key {value!r} (first at line {lines[(*loc, value)]}); "
                             "YAML readers keep only one of them, so merge them into one",
                         )
                     )
                     frame[2] = _DROP
                 else:
                     frame[2] = value
-                    lines[(*path, value)] = line
-                if kind in (yaml.MappingStartEvent, yaml.SequenceStartEvent):
-                    stack.append([value, (*path, "?"), _NOKEY])
+                    lines[(*loc, value)] = line
+                if is_container:
+                    stack.append([value, (*loc, "?"), None])
+                    if kind is mapping_start:
+                        stack[-1][2] = _NOKEY
                 continue
-            if isinstance(container, dict):
-                child_path: Loc = (*path, key)
+            if key is None:  # a sequence frame
+                child: Loc = (*loc, len(container))
+                container.append(value)
+                lines[child] = line
+            else:
+                child = (*loc, key)
                 if key is not _DROP:
                     container[key] = value
                 frame[2] = _NOKEY
-            else:
-                child_path = (*path, len(container))
-                container.append(value)
-                lines[child_path] = line
-            if kind is yaml.ScalarEvent and not isinstance(value, str) and event.value:
-                raw[child_path] = event.value
-            if kind in (yaml.MappingStartEvent, yaml.SequenceStartEvent):
+            if kind is scalar_event and not isinstance(value, str) and event.value:
+                raw[child] = event.value
+            if is_container:
                 if len(stack) >= MAX_DEPTH:
                     problems.append(
                         Problem(name, line, f"nested more than {MAX_DEPTH} levels deep")
                     )
                     break
-                stack.append([value, child_path, _NOKEY])
+                stack.append([value, child, _NOKEY if kind is mapping_start else None])
     finally:
         loader.dispose()
     if problems:
@@ -273,6 +266,12 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
     return ParsedYaml(root, lines, raw)
 
 
+_SCALAR, _ALIAS = yaml.ScalarEvent, yaml.AliasEvent
+_MAPPING_START, _MAPPING_END = yaml.MappingStartEvent, yaml.MappingEndEvent
+_SEQUENCE_START, _SEQUENCE_END = yaml.SequenceStartEvent, yaml.SequenceEndEvent
+_DOCUMENT_START, _STREAM_END = yaml.DocumentStartEvent, yaml.StreamEndEvent
+
+
 # Plain scalars whose first character starts no implicit YAML type (int, float, bool, null,
 # timestamp, ...) are text; the resolver's table is keyed by that first character.
 _IMPLICIT_FIRST = frozenset(k for k in yaml.SafeLoader.yaml_implicit_resolvers if k is not None)
@@ -280,9 +279,8 @@ _TAGS: dict[str, str] = {}  # plain scalar text -> resolved tag; field names and
 
 
 def _scalar(loader: Any, event: Any) -> Any:
+    """The value of a plain scalar (quoted and block scalars are always text)."""
     value = event.value
-    if not event.implicit[0]:
-        return value  # quoted or block scalar (or tagged, reported elsewhere): text
     if value and value[0] not in _IMPLICIT_FIRST:
         return value
     tag = _TAGS.get(value)
@@ -449,8 +447,9 @@ def record_paths(directory: Path) -> list[Path]:
 
 def misnamed_files(directory: Path) -> Iterator[Problem]:
     """Files in a papers directory that look like records but would be ignored."""
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.name.startswith(".") or entry.is_dir():
             continue
         if path.suffix in (".yml", ".YAML", ".YML"):
             yield Problem(
