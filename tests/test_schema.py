@@ -126,6 +126,7 @@ def test_every_record_satisfies_the_json_schema() -> None:
         "code-github-query-2023",
         "impl-alone-2023",
         "method-no-training-free-2023",
+        "method-no-family-2023",
         "survey-training-free-2023",
         "missing-title-2023",
         "venue-workshop-2023",

@@ -557,7 +557,10 @@ class Paper(BaseModel):
             "allOf": [
                 {
                     "if": {"properties": {"kind": {"const": "method"}}, "required": ["kind"]},
-                    "then": {"required": ["training_free", "family"]},
+                    "then": {
+                        "required": ["training_free", "family"],
+                        "properties": {"family": {"minItems": 1}},
+                    },
                     "else": {"not": {"required": ["training_free"]}},
                 }
             ],
