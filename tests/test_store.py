@@ -275,7 +275,9 @@ def test_any_text_gives_a_record_or_record_error(text: str) -> None:
         assert all(p.path == "fuzz.yaml" and p.line >= 1 and p.message for p in exc.problems)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=300))
 def test_any_bytes_give_a_record_or_record_error(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "valid-2023.yaml"

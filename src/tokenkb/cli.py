@@ -166,6 +166,57 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_impls(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        from reference_impls.registry import discover
+    except ImportError as exc:
+        print(
+            f"kb impls: the reference implementations need torch ({exc.name} is missing): "
+            "pip install torch==2.13.0",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    impls = discover()
+    rows = [
+        {
+            "name": impl.name,
+            "module": impl.module,
+            "papers": list(impl.papers),
+            "family": impl.family,
+            "training_free": impl.training_free,
+            "arxiv": impl.arxiv,
+            "test_file": impl.test_file,
+            "title": impl.title,
+            "simplified": impl.simplified,
+        }
+        for impl in impls
+    ]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    header = ("NAME", "FAMILY", "TF", "PAPERS", "MODULE")
+    table = [
+        (
+            r["name"],
+            r["family"],
+            "yes" if r["training_free"] else "no",
+            ",".join(r["papers"]) or "-",
+            r["module"],
+        )
+        for r in rows
+    ]
+    widths = [
+        max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+        for i, h in enumerate(header)
+    ]
+    for row in [header, *table]:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    print(f"{len(rows)} implementations")
+    return EXIT_OK
+
+
 def cmd_vocab(args: argparse.Namespace) -> int:
     import json
 
@@ -291,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "build", cmd_build, "The main job: validate, regenerate, print a summary of the base."
     )
     sub.add_argument("--jobs", type=int, metavar="N", help=jobs_help)
+
+    sub = add("impls", cmd_impls, "List the reference implementations (reference_impls/).")
+    sub.add_argument("--format", choices=("table", "json"), default="table", help="output format")
 
     sub = add(
         "vocab", cmd_vocab, "List the controlled vocabularies with the meaning of each value."

@@ -1,0 +1,139 @@
+"""The registry, the modules, their tests and the paper records agree; one matrix over all."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+
+import pytest
+import torch
+
+from reference_impls.registry import ImplInfo, discover
+from tokenkb.store import load_record
+from tokenkb.taxonomy import Family
+
+from ..conftest import PAPERS, ROOT
+from .common import TINY, device_param, images, tiny_vit
+
+IMPLS = discover()
+INFRASTRUCTURE = {"vit", "adapter", "tokens", "macs"}
+
+
+def test_every_algorithm_module_is_registered() -> None:
+    """Each module in reference_impls/vision/ is infrastructure or defines IMPL."""
+    modules = {p.stem for p in (ROOT / "reference_impls" / "vision").glob("*.py")} - {"__init__"}
+    registered = {impl.module.rsplit(".", 1)[1] for impl in IMPLS}
+    assert modules - INFRASTRUCTURE == registered
+
+
+def test_names_unique_and_match_modules() -> None:
+    names = [impl.name for impl in IMPLS]
+    assert len(names) == len(set(names))
+    for impl in IMPLS:
+        assert impl.module.endswith("." + impl.name)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_entry_is_consistent(impl: ImplInfo) -> None:
+    assert impl.family in {f.value for f in Family}
+    assert (ROOT / impl.test_file).exists(), f"{impl.name} has no {impl.test_file}"
+    module = importlib.import_module(impl.module)
+    doc = inspect.getdoc(module) or ""
+    assert len(doc.splitlines()) >= 3, (
+        "the module docstring states the paper and what is simplified"
+    )
+    for name in ("Config", "patch", "config_for"):
+        assert hasattr(module, name), f"{impl.module} has no {name}"
+    if impl.arxiv is not None:
+        assert impl.arxiv in doc, f"docstring of {impl.module} does not cite arXiv {impl.arxiv}"
+    for paper in impl.papers:
+        assert paper in doc, f"docstring of {impl.module} does not name the record {paper}"
+        record = load_record(PAPERS / f"{paper}.yaml")
+        assert record.arxiv == impl.arxiv, (
+            f"{paper} has arXiv {record.arxiv}, IMPL says {impl.arxiv}"
+        )
+    cited = set(re.findall(r"\b\d{4}\.\d{4,5}\b", doc))
+    assert cited <= ({impl.arxiv} if impl.arxiv else set()) | _extra_citations(module), (
+        f"{impl.module} cites arXiv ids {cited} other than its own"
+    )
+
+
+def _extra_citations(module: object) -> set[str]:
+    """Ids a module may cite besides its own (`ALSO_CITES = (...)`, e.g. the method it builds on)."""
+    return set(getattr(module, "ALSO_CITES", ()))
+
+
+def test_no_module_prints() -> None:
+    """Library code logs; it never prints (STYLE.md 11)."""
+    for path in (ROOT / "reference_impls").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        calls = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"
+        ]
+        assert not calls, f"{path} calls print"
+
+
+# --- the matrix -------------------------------------------------------------------------------
+
+
+@device_param
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_matrix(impl: ImplInfo, device: str) -> None:
+    """Every method: right output shape, fewer tokens, identity at rate 1, model restored."""
+    module = importlib.import_module(impl.module)
+    model = tiny_vit(device=device)
+    x = images(device=device)
+    with torch.no_grad():
+        reference = model(x)
+        with module.patch(model, module.config_for(0.5, TINY.depth)):
+            reduced = model(x)
+            counts = model.token_counts()
+        assert reduced.shape == reference.shape and torch.isfinite(reduced).all()
+        flat = [n for pair in counts for n in pair]
+        assert flat == sorted(flat, reverse=True), f"token counts grow: {counts}"
+        assert flat[-1] < TINY.num_tokens, f"{impl.name} reduced nothing at rate 0.5: {counts}"
+        with module.patch(model, module.config_for(1.0, TINY.depth)):
+            same = model(x)
+            assert model.token_counts() == [(TINY.num_tokens, TINY.num_tokens)] * TINY.depth
+        torch.testing.assert_close(same, reference)
+        after = model(x)
+    torch.testing.assert_close(after, reference, rtol=0, atol=0)  # adapter left no trace
+    assert all(b.pre_reducer is None and b.mid_reducer is None for b in model.blocks)
+    assert model.track_size is False
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_restored_after_an_exception(impl: ImplInfo) -> None:
+    module = importlib.import_module(impl.module)
+    model = tiny_vit()
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        module.patch(model, module.config_for(0.5, TINY.depth)),
+    ):
+        raise RuntimeError("boom")
+    assert all(b.pre_reducer is None and b.mid_reducer is None for b in model.blocks)
+
+
+def test_kb_impls_lists_the_registry(kb) -> None:
+    import json
+
+    result = kb("impls", "--format", "json")
+    assert result.code == 0, result.err
+    listed = json.loads(result.out)
+    assert [entry["name"] for entry in listed] == [impl.name for impl in IMPLS]
+    for entry in listed:
+        assert set(entry) >= {
+            "name",
+            "module",
+            "papers",
+            "family",
+            "training_free",
+            "test_file",
+            "simplified",
+        }
+    table = kb("impls").out
+    assert all(impl.name in table for impl in IMPLS)
