@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_impls.vision.vit import ViTConfig, VisionTransformer
+from reference_impls.vision.vit import VisionTransformer, ViTConfig
 
 # 8x8 patch grid + CLS = 65 tokens, 4 blocks: small enough for CPU tests in milliseconds.
 TINY = ViTConfig(img_size=32, patch_size=4, width=48, depth=4, heads=3, num_classes=10)
