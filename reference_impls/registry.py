@@ -7,9 +7,12 @@ tests and the paper records agree, so a list can never drift from the code.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import pkgutil
 from dataclasses import dataclass, field
+from typing import Any
 
 FAMILY_PACKAGES = ("reference_impls.vision",)
 
@@ -32,6 +35,18 @@ class ImplInfo:
         return f"tests/impls/test_{self.name}.py"
 
 
+def config_for(module: Any, keep_rate: float, depth: int, num_patches: int) -> Any:
+    """`module.config_for` for a model of this depth and patch count.
+
+    Every method maps a keep rate to its own config; methods whose budget is an absolute token
+    count (ToMe's r, DiffRate's counts) also take `num_patches`.
+    """
+    fn = module.config_for
+    if "num_patches" in inspect.signature(fn).parameters:
+        return fn(keep_rate, depth, num_patches=num_patches)
+    return fn(keep_rate, depth)
+
+
 def discover() -> list[ImplInfo]:
     """Every registered implementation, sorted by name."""
     found: list[ImplInfo] = []
@@ -41,7 +56,5 @@ def discover() -> list[ImplInfo]:
             module = importlib.import_module(f"{package_name}.{info.name}")
             impl = getattr(module, "IMPL", None)
             if isinstance(impl, ImplInfo):
-                found.append(
-                    ImplInfo(**{**impl.__dict__, "module": module.__name__})  # type: ignore[arg-type]
-                )
+                found.append(dataclasses.replace(impl, module=module.__name__))
     return sorted(found, key=lambda impl: impl.name)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tokenkb.cli import build_parser, main
 from tokenkb.taxonomy import MEANINGS, VENUES
@@ -201,9 +202,11 @@ def test_build_validates_renders_and_summarises(kb, tmp_path: Path) -> None:
     shutil.copytree(PAPERS, papers)
     result = kb("--papers", str(papers), "build")
     assert result.code == 0, result.out
-    count = len(list(PAPERS.glob("*.yaml")))
-    assert result.out.startswith(f"tokenkb: {count} works, {count} methods\n")
-    assert "kv-eviction 3" in result.out
+    records = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in PAPERS.glob("*.yaml")]
+    methods = sum(r["kind"] == "method" for r in records)
+    evicting = sum("kv-eviction" in r.get("family", []) for r in records)
+    assert result.out.startswith(f"tokenkb: {len(records)} works, {methods} methods\n")
+    assert f"kv-eviction {evicting}," in result.out
     assert (tmp_path / "proj" / "schema" / "paper.schema.json").exists()
     assert "[1/2] validating" in result.err and "[2/2] rendering" in result.err
 

@@ -27,15 +27,18 @@ def attach(
             raise ValueError(f"block index {index} out of range for depth {len(blocks)}")
     saved = [(block.pre_reducer, block.mid_reducer) for block in blocks]
     saved_track = model.track_size
+    # object.__setattr__: a reducer that is an nn.Module must not become a registered submodule
+    # of the model (it would enter its state_dict and stay in `_modules` after exit).
     try:
         for index, reducer in (mid or {}).items():
-            blocks[index].mid_reducer = reducer
+            object.__setattr__(blocks[index], "mid_reducer", reducer)
         for index, reducer in (pre or {}).items():
-            blocks[index].pre_reducer = reducer
+            object.__setattr__(blocks[index], "pre_reducer", reducer)
         if track_size is not None:
             model.track_size = track_size
         yield model
     finally:
         for block, (pre_saved, mid_saved) in zip(blocks, saved, strict=True):
-            block.pre_reducer, block.mid_reducer = pre_saved, mid_saved
+            object.__setattr__(block, "pre_reducer", pre_saved)
+            object.__setattr__(block, "mid_reducer", mid_saved)
         model.track_size = saved_track

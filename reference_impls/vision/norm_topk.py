@@ -17,8 +17,7 @@ from torch import Tensor
 
 from ..registry import ImplInfo
 from .adapter import attach
-from .random_drop import kept_count, three_stages
-from .tokens import keep_topk
+from .tokens import keep_topk, kept_count, three_stages
 from .vit import TokenState, VisionTransformer
 
 IMPL = ImplInfo(

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..registry import ImplInfo
 from .adapter import attach
-from .tokens import keep_topk
+from .tokens import keep_topk, kept_count, three_stages
 from .vit import TokenState, VisionTransformer
 
 IMPL = ImplInfo(
@@ -46,16 +46,6 @@ class Config:
 def config_for(keep_rate: float, depth: int) -> Config:
     """Three equal pruning stages at 1/4, 1/2 and 3/4 depth leaving ~keep_rate of the patches."""
     return Config(keep_rate=keep_rate ** (1 / 3), blocks=three_stages(depth))
-
-
-def three_stages(depth: int) -> tuple[int, ...]:
-    """Block indices at 1/4, 1/2 and 3/4 of the depth (EViT's 4, 7, 10 of 12 when 1-based)."""
-    return tuple(sorted({depth // 4, depth // 2, (3 * depth) // 4}))
-
-
-def kept_count(n: int, keep_rate: float) -> int:
-    """Patch tokens kept out of `n`: rounded, at least one."""
-    return max(1, min(n, round(n * keep_rate)))
 
 
 def random_drop(

@@ -58,3 +58,13 @@ def weighted_merge(x: Tensor, size: Tensor, dst: Tensor, n_dst: int) -> tuple[Te
     total = x.new_zeros(B, n_dst, C).scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, C), x * size)
     count = size.new_zeros(B, n_dst, 1).scatter_add(1, dst.unsqueeze(-1), size)
     return total / count.clamp_min(torch.finfo(count.dtype).tiny), count
+
+
+def three_stages(depth: int) -> tuple[int, ...]:
+    """Block indices at 1/4, 1/2 and 3/4 of the depth (EViT's 4, 7, 10 of 12 when 1-based)."""
+    return tuple(sorted({depth // 4, depth // 2, (3 * depth) // 4}))
+
+
+def kept_count(n: int, keep_rate: float) -> int:
+    """Patch tokens kept out of `n`: rounded, at least one."""
+    return max(1, min(n, round(n * keep_rate)))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -173,7 +173,7 @@ class VisionTransformer(nn.Module):
 
     def token_counts(self) -> list[tuple[int, int]]:
         """Per block, the tokens that entered attention and the MLP in the last forward."""
-        return [block.last_counts for block in self.blocks]
+        return [cast(Block, block).last_counts for block in self.blocks]
 
 
 def _init_weights(module: nn.Module) -> None:

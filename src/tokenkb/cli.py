@@ -198,21 +198,12 @@ def cmd_impls(args: argparse.Namespace) -> int:
         return EXIT_OK
     header = ("NAME", "FAMILY", "TF", "PAPERS", "MODULE")
     table = [
-        (
-            r["name"],
-            r["family"],
-            "yes" if r["training_free"] else "no",
-            ",".join(r["papers"]) or "-",
-            r["module"],
-        )
-        for r in rows
+        (i.name, i.family, "yes" if i.training_free else "no", ",".join(i.papers) or "-", i.module)
+        for i in impls
     ]
-    widths = [
-        max(len(h), *(len(row[i]) for row in table)) if table else len(h)
-        for i, h in enumerate(header)
-    ]
+    widths = [max([len(h)] + [len(row[n]) for row in table]) for n, h in enumerate(header)]
     for row in [header, *table]:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        print("  ".join(cell.ljust(widths[n]) for n, cell in enumerate(row)).rstrip())
     print(f"{len(rows)} implementations")
     return EXIT_OK
 

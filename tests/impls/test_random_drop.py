@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from reference_impls.vision import random_drop
+from reference_impls.vision.tokens import three_stages
 
 from .common import TINY, images, tiny_vit
 
@@ -60,4 +61,4 @@ def test_matches_a_naive_loop() -> None:
 def test_config_for_three_stages() -> None:
     config = random_drop.config_for(0.343, 12)
     assert config.blocks == (3, 6, 9) and abs(config.keep_rate - 0.7) < 1e-9
-    assert random_drop.three_stages(TINY.depth) == (1, 2, 3)
+    assert three_stages(TINY.depth) == (1, 2, 3)

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 
+from reference_impls import registry
 from reference_impls.registry import ImplInfo, discover
 from tokenkb.store import load_record
 from tokenkb.taxonomy import Family
@@ -80,6 +81,10 @@ def test_no_module_prints() -> None:
 # --- the matrix -------------------------------------------------------------------------------
 
 
+def config_for(module: object, keep_rate: float) -> object:
+    return registry.config_for(module, keep_rate, TINY.depth, TINY.num_patches)
+
+
 @device_param
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
 def test_matrix(impl: ImplInfo, device: str) -> None:
@@ -89,14 +94,14 @@ def test_matrix(impl: ImplInfo, device: str) -> None:
     x = images(device=device)
     with torch.no_grad():
         reference = model(x)
-        with module.patch(model, module.config_for(0.5, TINY.depth)):
+        with module.patch(model, config_for(module, 0.5)):
             reduced = model(x)
             counts = model.token_counts()
         assert reduced.shape == reference.shape and torch.isfinite(reduced).all()
         flat = [n for pair in counts for n in pair]
         assert flat == sorted(flat, reverse=True), f"token counts grow: {counts}"
         assert flat[-1] < TINY.num_tokens, f"{impl.name} reduced nothing at rate 0.5: {counts}"
-        with module.patch(model, module.config_for(1.0, TINY.depth)):
+        with module.patch(model, config_for(module, 1.0)):
             same = model(x)
             assert model.token_counts() == [(TINY.num_tokens, TINY.num_tokens)] * TINY.depth
         torch.testing.assert_close(same, reference)
@@ -112,7 +117,7 @@ def test_restored_after_an_exception(impl: ImplInfo) -> None:
     model = tiny_vit()
     with (
         pytest.raises(RuntimeError, match="boom"),
-        module.patch(model, module.config_for(0.5, TINY.depth)),
+        module.patch(model, config_for(module, 0.5)),
     ):
         raise RuntimeError("boom")
     assert all(b.pre_reducer is None and b.mid_reducer is None for b in model.blocks)
@@ -137,3 +142,23 @@ def test_kb_impls_lists_the_registry(kb) -> None:
         }
     table = kb("impls").out
     assert all(impl.name in table for impl in IMPLS)
+
+
+def test_records_and_registry_link_both_ways() -> None:
+    """A record's impl is a registered module naming that record; a module's records point back."""
+    by_module = {impl.module: impl for impl in IMPLS}
+    for path in sorted(PAPERS.glob("*.yaml")):
+        record = load_record(path)
+        if record.impl is None:
+            continue
+        assert record.impl in by_module, f"{path}: impl {record.impl} is not a registered module"
+        if record.impl_level == "paper":
+            assert record.id in by_module[record.impl].papers, (
+                f"{path}: paper-level impl {record.impl} does not list {record.id} in IMPL.papers"
+            )
+    for impl in IMPLS:
+        for paper in impl.papers:
+            record = load_record(PAPERS / f"{paper}.yaml")
+            assert record.impl == impl.module and record.impl_level == "paper", (
+                f"{paper}.yaml should have impl: {impl.module} and impl_level: paper"
+            )

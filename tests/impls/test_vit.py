@@ -109,6 +109,17 @@ def test_attach_rejects_bad_block_and_restores() -> None:
     assert model.blocks[0].pre_reducer is None and not model.track_size
 
 
+def test_attach_leaves_no_submodule_behind() -> None:
+    """A reducer that is an nn.Module is not registered in the model, during or after."""
+    model = tiny_vit()
+    keys = set(model.state_dict())
+    reducer = torch.nn.Linear(2, 2)
+    with attach(model, pre={1: lambda s: (s.x, s.size)}, mid={1: reducer}):  # type: ignore[dict-item]
+        assert set(model.state_dict()) == keys
+        assert model.blocks[1].mid_reducer is reducer
+    assert set(model.state_dict()) == keys and "mid_reducer" not in model.blocks[1]._modules
+
+
 def test_keep_topk_keeps_prefix_and_order() -> None:
     x = torch.arange(2 * 6 * 1, dtype=torch.float32).reshape(2, 6, 1)
     scores = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.2], [5.0, 4.0, 3.0, 2.0, 1.0]])
