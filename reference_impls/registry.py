@@ -14,7 +14,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILY_PACKAGES = ("reference_impls.vision",)
+FAMILY_PACKAGES = ("reference_impls.vision", "reference_impls.kv")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,13 @@ class ImplInfo:
 
     @property
     def test_file(self) -> str:
-        return f"tests/impls/test_{self.name}.py"
+        """Vision tests sit in tests/impls/, language-model ones in tests/impls/llm/."""
+        folder = (
+            "tests/impls"
+            if self.module.startswith("reference_impls.vision.")
+            else "tests/impls/llm"
+        )
+        return f"{folder}/test_{self.name}.py"
 
 
 def config_for(module: Any, keep_rate: float, depth: int, num_patches: int) -> Any:

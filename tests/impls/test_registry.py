@@ -19,14 +19,32 @@ from ..conftest import PAPERS, ROOT
 from .common import TINY, device_param, images, tiny_vit
 
 IMPLS = discover()
-INFRASTRUCTURE = {"vit", "adapter", "tokens", "macs"}
+VISION = [impl for impl in IMPLS if impl.module.startswith("reference_impls.vision.")]
+# Modules of each family package that are shared machinery, not algorithms.
+INFRASTRUCTURE = {
+    "vision": {"vit", "adapter", "tokens", "macs"},
+    "kv": {"base"},
+    "prompt": {"scorer"},
+}
+# What an algorithm module must expose, per family package.
+CONTRACT = {
+    "vision": ("Config", "patch", "config_for"),
+    "kv": ("Config", "make_press", "config_for"),
+    "prompt": ("Config", "compress", "config_for"),
+}
 
 
-def test_every_algorithm_module_is_registered() -> None:
-    """Each module in reference_impls/vision/ is infrastructure or defines IMPL."""
-    modules = {p.stem for p in (ROOT / "reference_impls" / "vision").glob("*.py")} - {"__init__"}
-    registered = {impl.module.rsplit(".", 1)[1] for impl in IMPLS}
-    assert modules - INFRASTRUCTURE == registered
+@pytest.mark.parametrize("package", sorted(INFRASTRUCTURE))
+def test_every_algorithm_module_is_registered(package: str) -> None:
+    """Each module of a family package is infrastructure or defines IMPL."""
+    folder = ROOT / "reference_impls" / package
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    registered = {
+        impl.module.rsplit(".", 1)[1]
+        for impl in IMPLS
+        if impl.module.startswith(f"reference_impls.{package}.")
+    }
+    assert modules - INFRASTRUCTURE[package] == registered
 
 
 def test_names_unique_and_match_modules() -> None:
@@ -45,7 +63,7 @@ def test_entry_is_consistent(impl: ImplInfo) -> None:
     assert len(doc.splitlines()) >= 3, (
         "the module docstring states the paper and what is simplified"
     )
-    for name in ("Config", "patch", "config_for"):
+    for name in CONTRACT[impl.module.split(".")[1]]:
         assert hasattr(module, name), f"{impl.module} has no {name}"
     if impl.arxiv is not None:
         assert impl.arxiv in doc, f"docstring of {impl.module} does not cite arXiv {impl.arxiv}"
@@ -86,7 +104,7 @@ def config_for(module: object, keep_rate: float) -> object:
 
 
 @device_param
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+@pytest.mark.parametrize("impl", VISION, ids=lambda i: i.name)
 def test_matrix(impl: ImplInfo, device: str) -> None:
     """Every method: right output shape, fewer tokens, identity at rate 1, model restored."""
     module = importlib.import_module(impl.module)
@@ -111,7 +129,7 @@ def test_matrix(impl: ImplInfo, device: str) -> None:
     assert model.track_size is False
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+@pytest.mark.parametrize("impl", VISION, ids=lambda i: i.name)
 def test_restored_after_an_exception(impl: ImplInfo) -> None:
     module = importlib.import_module(impl.module)
     model = tiny_vit()
