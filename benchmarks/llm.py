@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import platform
 import random
@@ -42,7 +43,7 @@ import torch
 
 from reference_impls.llm.llama import KVCache, Llama, generate, perplexity
 from reference_impls.llm.smollm2 import load_smollm2
-from reference_impls.registry import ImplInfo, discover
+from reference_impls.registry import ImplInfo, discover, kv_config_for
 
 # Written for this benchmark (not from any dataset): the held-out text for perplexity.
 HELD_OUT = (
@@ -192,7 +193,10 @@ def kv_section(
             "budgets": {
                 str(b): guarded(
                     lambda m=module, b=b: run_kv(
-                        model, tokenizer, lambda: m.make_press(m.config_for(b)), prompts
+                        model,
+                        tokenizer,
+                        lambda: m.make_press(kv_config_for(m, b, model.config.head_dim)),
+                        prompts,
                     )
                 )
                 for b in budgets
@@ -214,34 +218,42 @@ def kv_section(
 def prompt_section(
     model: Llama, tokenizer: Any, impls: list[ImplInfo], budgets: list[float], n: int
 ) -> dict[str, Any]:
-    """Prompt compressors: compression ratio vs answer accuracy on generated QA prompts."""
-    scorer_module = importlib.import_module("reference_impls.prompt.scorer")
-    scorer = scorer_module.smollm2_scorer()
+    """Prompt compressors: compression ratio vs answer accuracy on generated QA prompts.
+
+    The context goes in as its sentences (so LLMLingua's demonstration stage and LongLLMLingua's
+    document ranking have units to work on), or as one text to methods that take a single text.
+    """
+    scorer = importlib.import_module("reference_impls.prompt.scorer").smollm2_scorer()
     rng = random.Random(2)
     cases = []
     for i in range(n):
         fact, question, start, answer = FACTS[i % len(FACTS)]
-        cases.append((haystack(rng, 20, fact), question, start, answer))
+        sentences = [rng.choice(FILLER) for _ in range(20)]
+        sentences.insert(rng.randint(0, 20), fact)
+        cases.append(([f"{s} " for s in sentences], f"\n{question}", start, answer))
 
-    def accuracy(compress: Callable[[str, str], tuple[str, float]]) -> dict[str, Any]:
+    def accuracy(compress: Callable[[list[str], str], tuple[str, float]]) -> dict[str, Any]:
         correct, ratios = 0, []
-        for context, question, start, answer in cases:
-            text, ratio = compress(context, question)
+        for sentences, question, start, answer in cases:
+            text, ratio = compress(sentences, question)  # the text ends with the question
             ratios.append(ratio)
-            ids = chat(tokenizer, f"{text}\n{question}", start)
-            tokens, _ = generate(model, ids, max_new_tokens=6)
+            tokens, _ = generate(model, chat(tokenizer, text, start), max_new_tokens=6)
             correct += answer.lower() in tokenizer.decode(tokens[0]).lower()
         return {"kept_ratio": round(statistics.mean(ratios), 4), "accuracy": correct / len(cases)}
 
-    full = accuracy(lambda context, question: (context, 1.0))
+    full = accuracy(lambda sentences, question: ("".join(sentences) + question, 1.0))
     methods: dict[str, Any] = {}
     for impl in impls:
         module = importlib.import_module(impl.module)
 
         def run(m: Any, b: float) -> dict[str, Any]:
-            def compress(context: str, question: str) -> tuple[str, float]:
+            first = next(iter(inspect.signature(m.compress).parameters))
+            one_text = first == "text"
+
+            def compress(sentences: list[str], question: str) -> tuple[str, float]:
+                context = "".join(sentences) if one_text else sentences
                 result = m.compress(context, question, scorer, m.config_for(b))
-                return result.text, result.compressed_tokens / max(1, result.original_tokens)
+                return result.text, result.ratio
 
             return accuracy(compress)
 

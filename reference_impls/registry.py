@@ -14,7 +14,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILY_PACKAGES = ("reference_impls.vision", "reference_impls.kv")
+FAMILY_PACKAGES = ("reference_impls.vision", "reference_impls.kv", "reference_impls.prompt")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,15 @@ def config_for(module: Any, keep_rate: float, depth: int, num_patches: int) -> A
     if "num_patches" in inspect.signature(fn).parameters:
         return fn(keep_rate, depth, num_patches=num_patches)
     return fn(keep_rate, depth)
+
+
+def kv_config_for(module: Any, keep: float, head_dim: int) -> Any:
+    """`module.config_for` of a KV method for a model with this head dimension (KIVI's groups
+    split the head dimension; the other methods do not need it)."""
+    fn = module.config_for
+    if "head_dim" in inspect.signature(fn).parameters:
+        return fn(keep, head_dim=head_dim)
+    return fn(keep)
 
 
 def discover() -> list[ImplInfo]:

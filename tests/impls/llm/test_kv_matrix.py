@@ -9,7 +9,7 @@ import torch
 
 from reference_impls.kv.base import Budget
 from reference_impls.llm.llama import TINY_LLAMA, KVCache, generate
-from reference_impls.registry import ImplInfo, discover
+from reference_impls.registry import ImplInfo, discover, kv_config_for
 
 from .common import prompt, tiny_llama
 
@@ -25,9 +25,15 @@ def test_identity_at_full_budget(impl: ImplInfo) -> None:
     with torch.no_grad():
         plain_cache, pressed_cache = KVCache(), KVCache()
         plain = model(ids, plain_cache)
-        pressed = model(ids, pressed_cache, module.make_press(module.config_for(1.0)))
+        pressed = model(
+            ids, pressed_cache, module.make_press(kv_config_for(module, 1.0, TINY_LLAMA.head_dim))
+        )
         next_plain = model(ids[:, -1:], plain_cache)
-        next_pressed = model(ids[:, -1:], pressed_cache, module.make_press(module.config_for(1.0)))
+        next_pressed = model(
+            ids[:, -1:],
+            pressed_cache,
+            module.make_press(kv_config_for(module, 1.0, TINY_LLAMA.head_dim)),
+        )
     torch.testing.assert_close(pressed, plain, rtol=0, atol=0)
     torch.testing.assert_close(next_pressed, next_plain, rtol=0, atol=0)
     for layer in range(TINY_LLAMA.depth):
@@ -42,7 +48,10 @@ def test_compresses_and_generates(impl: ImplInfo) -> None:
     module = importlib.import_module(impl.module)
     model = tiny_llama()
     tokens, cache = generate(
-        model, prompt(40), max_new_tokens=4, press=module.make_press(module.config_for(0.5))
+        model,
+        prompt(40),
+        max_new_tokens=4,
+        press=module.make_press(kv_config_for(module, 0.5, TINY_LLAMA.head_dim)),
     )
     assert tokens.shape == (1, 4)
     assert cache.seen == 43
