@@ -5,7 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_impls.llm.llama import TINY_LLAMA, Llama
+from reference_impls.llm.llama import TINY_LLAMA, KVCache, Llama, PressContext
+
+H, H_KV = TINY_LLAMA.heads, TINY_LLAMA.kv_heads
+
+# A paragraph written for these tests (no dataset text), for perplexity on the real model.
+TEXT = (
+    "The old observatory stands on a hill above the town, and on clear nights its dome opens "
+    "slowly with a sound like a distant train. Volunteers run it now. They keep a logbook by the "
+    "door where every visitor writes the date, the weather and what they hoped to see. Most come "
+    "for the moon or for Saturn, whose rings surprise almost everyone the first time. In winter "
+    "the telescope is pointed at the great nebula in Orion, a faint green cloud where new stars "
+    "are still forming. The volunteers explain that the light reaching the eyepiece left the "
+    "nebula more than a thousand years ago, before the observatory, the town or even the old "
+    "road below it existed. Children usually ask whether anyone lives there. The answer is always "
+    "the same: nobody knows, but it is a good question, and good questions are why the dome opens "
+    "at all. On cloudy nights the volunteers drink tea, repair the clock drive and wait."
+)
 
 
 def tiny_llama(seed: int = 0) -> Llama:
@@ -27,3 +43,25 @@ def smollm2():  # type: ignore[no-untyped-def]
     from reference_impls.llm.smollm2 import load_smollm2
 
     return load_smollm2()
+
+
+def fake_context(
+    layer: int, positions: torch.Tensor, attn: torch.Tensor, seen: int
+) -> PressContext:
+    """A layer's context whose keys and values carry their token position in channel 0."""
+    B, _, T = positions.shape
+    keys = torch.zeros(B, H_KV, T, TINY_LLAMA.head_dim, dtype=attn.dtype)
+    keys[..., 0] = positions.to(attn.dtype)
+    T_new = attn.shape[2]
+    queries = torch.zeros(B, H, T_new, TINY_LLAMA.head_dim, dtype=attn.dtype)
+    hidden = torch.zeros(B, T_new, TINY_LLAMA.width, dtype=attn.dtype)
+    return PressContext(
+        layer, keys, keys.clone(), queries, attn, hidden, KVCache(), seen, TINY_LLAMA
+    )
+
+
+def causal_attention(B: int, T: int, generator: torch.Generator) -> torch.Tensor:
+    """Random peaked causal attention probabilities `(B, H, T, T)` in float64."""
+    logits = 3 * torch.randn(B, H, T, T, generator=generator, dtype=torch.float64)
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    return logits.masked_fill(mask, float("-inf")).softmax(dim=-1)

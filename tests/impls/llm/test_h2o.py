@@ -16,44 +16,20 @@ from reference_impls.kv.h2o import (
     make_press,
     recent_count,
 )
-from reference_impls.llm.llama import TINY_LLAMA, KVCache, PressContext, generate
+from reference_impls.llm.llama import TINY_LLAMA, KVCache, generate
 
-from .common import prompt, smollm2, tiny_llama  # noqa: F401
-
-H, H_KV = TINY_LLAMA.heads, TINY_LLAMA.kv_heads
-GROUPS = H // H_KV
-TEXT = (
-    "The Amazon rainforest covers much of the Amazon basin of South America. The basin spans "
-    "seven million square kilometres, of which five and a half million are covered by the "
-    "rainforest. The region includes territory belonging to nine nations. The majority of the "
-    "forest is contained within Brazil, with sixty percent of the rainforest, followed by Peru "
-    "with thirteen percent and Colombia with ten percent. The rainforest likely formed during the "
-    "Eocene era. It appeared following a global reduction of tropical temperatures when the "
-    "Atlantic Ocean had widened sufficiently to provide a warm, moist climate to the Amazon basin. "
-    "The rainforest has been in existence for at least fifty-five million years, and most of the "
-    "region remained free of savanna-type biomes at least until the current ice age, when the "
-    "climate was drier and savanna more widespread."
+from .common import (
+    H_KV,
+    TEXT,
+    H,
+    causal_attention,
+    fake_context,
+    prompt,
+    smollm2,  # noqa: F401 (a fixture)
+    tiny_llama,
 )
 
-
-def context(layer: int, positions: torch.Tensor, attn: torch.Tensor, seen: int) -> PressContext:
-    """A layer's context whose keys and values carry their token position in channel 0."""
-    B, _, T = positions.shape
-    keys = torch.zeros(B, H_KV, T, TINY_LLAMA.head_dim, dtype=attn.dtype)
-    keys[..., 0] = positions.to(attn.dtype)
-    T_new = attn.shape[2]
-    queries = torch.zeros(B, H, T_new, TINY_LLAMA.head_dim, dtype=attn.dtype)
-    hidden = torch.zeros(B, T_new, TINY_LLAMA.width, dtype=attn.dtype)
-    return PressContext(
-        layer, keys, keys.clone(), queries, attn, hidden, KVCache(), seen, TINY_LLAMA
-    )
-
-
-def causal_attention(B: int, T: int, generator: torch.Generator) -> torch.Tensor:
-    """Random peaked causal attention probabilities `(B, H, T, T)` in float64."""
-    logits = 3 * torch.randn(B, H, T, T, generator=generator, dtype=torch.float64)
-    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
-    return logits.masked_fill(mask, float("-inf")).softmax(dim=-1)
+GROUPS = H // H_KV
 
 
 def row_attention(B: int, L: int, generator: torch.Generator, own: float = 0.0) -> torch.Tensor:
@@ -68,12 +44,12 @@ def run_press(press, prefill_attn: torch.Tensor, rows: list[torch.Tensor]) -> li
     """Positions `(B, H_kv, n)` held after prefill and after each decode step."""
     B, _, T, _ = prefill_attn.shape
     positions = torch.arange(T).expand(B, H_KV, T)
-    keys, _ = press.prefill(context(0, positions, prefill_attn, seen=0))
+    keys, _ = press.prefill(fake_context(0, positions, prefill_attn, seen=0))
     held = [keys[..., 0].long()]
     for step, row in enumerate(rows):
         positions = torch.cat([held[-1], torch.full((B, H_KV, 1), T + step)], dim=2)
         assert row.shape[-1] == positions.shape[2]
-        keys, _ = press.decode(context(0, positions, row, seen=T + step))
+        keys, _ = press.decode(fake_context(0, positions, row, seen=T + step))
         held.append(keys[..., 0].long())
     return held
 
@@ -152,10 +128,10 @@ def test_heavy_share_zero_is_the_recent_window() -> None:
     attn = causal_attention(1, 30, generator)
     positions = torch.arange(30).expand(1, H_KV, 30)
     ours, _ = make_press(Config(Budget(keep=0.4), heavy=0.0)).prefill(
-        context(0, positions, attn, 0)
+        fake_context(0, positions, attn, 0)
     )
     window, _ = recent_baseline.make_press(recent_baseline.config_for(0.4)).prefill(
-        context(0, positions, attn, 0)
+        fake_context(0, positions, attn, 0)
     )
     assert torch.equal(ours, window)
 
