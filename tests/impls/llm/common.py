@@ -65,3 +65,17 @@ def causal_attention(B: int, T: int, generator: torch.Generator) -> torch.Tensor
     logits = 3 * torch.randn(B, H, T, T, generator=generator, dtype=torch.float64)
     mask = torch.ones(T, T, dtype=torch.bool).triu(1)
     return logits.masked_fill(mask, float("-inf")).softmax(dim=-1)
+
+
+@torch.no_grad()
+def continuation_perplexity(
+    model: Llama, ids: torch.Tensor, tail: int, press: object = None
+) -> float:
+    """Perplexity of the last `tail` tokens of `ids (1, T)`: the prefix goes through the press
+    at prefill, then the tail is read in one pass against the compressed cache."""
+    prefix = ids.shape[1] - tail
+    cache = KVCache()
+    first = model(ids[:, :prefix], cache, press)[:, -1:]  # type: ignore[arg-type]
+    rest = model(ids[:, prefix:-1], cache, press)  # type: ignore[arg-type]
+    logits = torch.cat([first, rest], dim=1)[0]
+    return float(torch.nn.functional.cross_entropy(logits, ids[0, prefix:]).exp())

@@ -12,6 +12,7 @@ from reference_impls.llm.llama import TINY_LLAMA, KVCache, generate
 
 from .common import (
     TEXT,
+    continuation_perplexity,
     fake_context,
     prompt,
     smollm2,  # noqa: F401 (a fixture)
@@ -125,19 +126,10 @@ def test_smollm2_sinks_beat_a_plain_window(smollm2) -> None:  # noqa: F811
     (the paper's central observation), stay near the full cache, and decoding holds the budget."""
     model, tokenizer = smollm2
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
-    prefix = ids.shape[1] - 30
 
-    @torch.no_grad()
-    def continuation_perplexity(press) -> float:  # type: ignore[no-untyped-def]
-        cache = KVCache()
-        first = model(ids[:, :prefix], cache, press)[:, -1:]
-        rest = model(ids[:, prefix:-1], cache, press)
-        logits = torch.cat([first, rest], dim=1)[0]
-        return float(torch.nn.functional.cross_entropy(logits, ids[0, prefix:]).exp())
-
-    full = continuation_perplexity(None)
-    window = continuation_perplexity(recent.make_press(recent.config_for(0.25)))
-    streaming = continuation_perplexity(make_press(config_for(0.25)))
+    full = continuation_perplexity(model, ids, 30)
+    window = continuation_perplexity(model, ids, 30, recent.make_press(recent.config_for(0.25)))
+    streaming = continuation_perplexity(model, ids, 30, make_press(config_for(0.25)))
     assert streaming < 0.6 * window
     assert streaming < 2.0 * full  # a quarter of the cache: no collapse (1.76x on this text)
 

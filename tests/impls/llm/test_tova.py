@@ -15,6 +15,7 @@ from .common import (
     TEXT,
     H,
     causal_attention,
+    continuation_perplexity,
     fake_context,
     prompt,
     smollm2,  # noqa: F401 (a fixture)
@@ -175,19 +176,12 @@ def test_smollm2_keeps_quality_at_a_quarter_of_the_cache(smollm2) -> None:  # no
     same budget, stays near the full cache, and decoding holds the budget in all 30 layers."""
     model, tokenizer = smollm2
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
-    prefix = ids.shape[1] - 30
 
-    @torch.no_grad()
-    def continuation_perplexity(press) -> float:  # type: ignore[no-untyped-def]
-        cache = KVCache()
-        first = model(ids[:, :prefix], cache, press)[:, -1:]
-        rest = model(ids[:, prefix:-1], cache, press)
-        logits = torch.cat([first, rest], dim=1)[0]
-        return float(torch.nn.functional.cross_entropy(logits, ids[0, prefix:]).exp())
-
-    full = continuation_perplexity(None)
-    window = continuation_perplexity(recent_baseline.make_press(recent_baseline.config_for(0.25)))
-    tova = continuation_perplexity(make_press(config_for(0.25)))
+    full = continuation_perplexity(model, ids, 30)
+    window = continuation_perplexity(
+        model, ids, 30, recent_baseline.make_press(recent_baseline.config_for(0.25))
+    )
+    tova = continuation_perplexity(model, ids, 30, make_press(config_for(0.25)))
     assert tova < 0.7 * window
     assert tova < 1.35 * full
 
