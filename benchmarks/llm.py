@@ -4,6 +4,7 @@
     python benchmarks/llm.py > benchmarks/results/llm.json
 
 Options: `--prompts 6` (passkey and needle prompts each), `--budgets 0.25 0.5 0.75`,
+`--filler 24` (filler sentences around each pass key or needle: 24 gives ~300-token prompts),
 `--only NAME ...`, `--threads N`. Every registered KV method (`reference_impls.kv`) and prompt
 compressor (`reference_impls.prompt`) is covered through its module contract only; a method that
 fails is reported with its error and the others still run.
@@ -59,6 +60,7 @@ HELD_OUT = (
     "and the islands wait, sometimes for three or four days, until the sea settles and the "
     "boats can run again."
 )
+FILLER_SENTENCES = 24  # per passkey / needle prompt (~300 tokens); --filler changes it
 FILLER = [
     "The weather was mild and the streets were quiet.",
     "A cat slept on the warm stones by the door.",
@@ -116,7 +118,9 @@ def passkey_prompts(tokenizer: Any, n: int, seed: int = 0) -> list[tuple[torch.T
     prompts = []
     for _ in range(n):
         key = str(rng.randint(10000, 99999))
-        text = haystack(rng, 24, f"The pass key is {key}. Remember it. {key} is the pass key.")
+        text = haystack(
+            rng, FILLER_SENTENCES, f"The pass key is {key}. Remember it. {key} is the pass key."
+        )
         ids = chat(tokenizer, f"{text}\nWhat is the pass key?", "The pass key is")
         prompts.append((ids, key))
     return prompts
@@ -127,7 +131,7 @@ def needle_prompts(tokenizer: Any, n: int, seed: int = 1) -> list[tuple[torch.Te
     prompts = []
     for i in range(n):
         fact, question, start, answer = FACTS[i % len(FACTS)]
-        text = haystack(rng, 24, fact)
+        text = haystack(rng, FILLER_SENTENCES, fact)
         prompts.append((chat(tokenizer, f"{text}\n{question}", start), answer))
     return prompts
 
@@ -262,6 +266,7 @@ def prompt_section(
 
 
 def main() -> None:
+    global FILLER_SENTENCES
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -269,7 +274,11 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--filler", type=int, default=FILLER_SENTENCES, help="filler sentences per KV prompt"
+    )
     args = parser.parse_args()
+    FILLER_SENTENCES = args.filler
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
