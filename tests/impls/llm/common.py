@@ -79,3 +79,17 @@ def continuation_perplexity(
     rest = model(ids[:, prefix:-1], cache, press)  # type: ignore[arg-type]
     logits = torch.cat([first, rest], dim=1)[0]
     return float(torch.nn.functional.cross_entropy(logits, ids[0, prefix:]).exp())
+
+
+def run_press(press, prefill_attn: torch.Tensor, rows: list[torch.Tensor]) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Drive a press with fake contexts on layer 0. Positions `(B, H_kv, n)` held after prefill and after each decode step."""
+    B, _, T, _ = prefill_attn.shape
+    positions = torch.arange(T).expand(B, H_KV, T)
+    keys, _ = press.prefill(fake_context(0, positions, prefill_attn, seen=0))
+    held = [keys[..., 0].long()]
+    for step, row in enumerate(rows):
+        positions = torch.cat([held[-1], torch.full((B, H_KV, 1), T + step)], dim=2)
+        assert row.shape[-1] == positions.shape[2]
+        keys, _ = press.decode(fake_context(0, positions, row, seen=T + step))
+        held.append(keys[..., 0].long())
+    return held

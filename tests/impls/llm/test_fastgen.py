@@ -250,19 +250,6 @@ def test_budget_mode_stores_exactly_the_budget() -> None:
             assert int(press.stats[layer].policy_kept.max()) <= n
 
 
-def test_identity_at_keep_one() -> None:
-    """keep = 1 (recovery 1.0): logits of prefill and the next step equal those without a press."""
-    model = tiny_llama()
-    ids = prompt(40)
-    plain_cache, pressed_cache = KVCache(), KVCache()
-    press = fastgen.make_press(fastgen.config_for(1.0))
-    with torch.no_grad():
-        plain = [model(ids, plain_cache), model(ids[:, -1:], plain_cache)]
-        pressed = [model(ids, pressed_cache, press), model(ids[:, -1:], pressed_cache, press)]
-    for a, b in zip(plain, pressed, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("mode", ["paper", "budget"])
 def test_decoding_reapplies_each_policy_like_a_naive_loop(mode: str) -> None:
     """Every step: the new token joins, each head's policy is re-applied to what it holds (local

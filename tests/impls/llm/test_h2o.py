@@ -26,6 +26,7 @@ from .common import (
     continuation_perplexity,
     fake_context,
     prompt,
+    run_press,
     smollm2,  # noqa: F401 (a fixture)
     tiny_llama,
 )
@@ -39,20 +40,6 @@ def row_attention(B: int, L: int, generator: torch.Generator, own: float = 0.0) 
     logits = 3 * torch.randn(B, H, 1, L, generator=generator, dtype=torch.float64)
     logits[..., -1] += own
     return logits.softmax(dim=-1)
-
-
-def run_press(press, prefill_attn: torch.Tensor, rows: list[torch.Tensor]) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
-    """Positions `(B, H_kv, n)` held after prefill and after each decode step."""
-    B, _, T, _ = prefill_attn.shape
-    positions = torch.arange(T).expand(B, H_KV, T)
-    keys, _ = press.prefill(fake_context(0, positions, prefill_attn, seen=0))
-    held = [keys[..., 0].long()]
-    for step, row in enumerate(rows):
-        positions = torch.cat([held[-1], torch.full((B, H_KV, 1), T + step)], dim=2)
-        assert row.shape[-1] == positions.shape[2]
-        keys, _ = press.decode(fake_context(0, positions, row, seen=T + step))
-        held.append(keys[..., 0].long())
-    return held
 
 
 def test_config_checks_the_heavy_share() -> None:
@@ -92,18 +79,6 @@ def test_prefill_and_decode_keep_exact_budget_in_every_layer() -> None:
         (1, H_KV, 10, TINY_LLAMA.head_dim)
     ] * TINY_LLAMA.depth
     assert all(press.state[layer][2].shape == (1, H_KV, 10) for layer in range(3))  # type: ignore[index]
-
-
-def test_identity_at_keep_one() -> None:
-    """At keep 1.0 the logits and the cache equal the run without a press, decoding included."""
-    model = tiny_llama()
-    ids = prompt(30)
-    press = make_press(config_for(1.0))
-    plain, pressed = KVCache(), KVCache()
-    with torch.no_grad():
-        for chunk in (ids[:, :20], *ids[:, 20:].split(1, dim=1)):
-            assert torch.equal(model(chunk, pressed, press), model(chunk, plain))
-    assert all(torch.equal(a, b) for a, b in zip(plain.keys, pressed.keys, strict=True))
 
 
 def test_recent_window_and_sinks_are_never_evicted() -> None:

@@ -101,18 +101,6 @@ def test_dropping_several_at_once_never_exceeds_the_budget() -> None:
     assert [p.shape[2] for p in held] == [15, 13, 14, 15, 13, 14, 15, 13]
 
 
-def test_identity_at_keep_one() -> None:
-    """At keep 1.0 the logits and the cache equal the run without a press, decoding included."""
-    model = tiny_llama()
-    ids = prompt(30)
-    press = make_press(config_for(1.0))
-    plain, pressed = KVCache(), KVCache()
-    with torch.no_grad():
-        for chunk in (ids[:, :20], *ids[:, 20:].split(1, dim=1)):
-            assert torch.equal(model(chunk, pressed, press), model(chunk, plain))
-    assert all(torch.equal(a, b) for a, b in zip(plain.keys, pressed.keys, strict=True))
-
-
 def test_recent_window_and_sinks_are_never_evicted() -> None:
     """The recent window and configured sinks survive even when always below average."""
     generator = torch.Generator().manual_seed(2)

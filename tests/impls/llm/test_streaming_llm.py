@@ -73,19 +73,6 @@ def test_decode_never_exceeds_the_budget() -> None:
     assert [cache.length(layer) for layer in range(TINY_LLAMA.depth)] == [12] * TINY_LLAMA.depth
 
 
-def test_identity_at_keep_one() -> None:
-    """At keep 1.0 the logits and the cache equal the run without a press, decoding included."""
-    model = tiny_llama()
-    ids = prompt(30)
-    press = make_press(config_for(1.0))
-    plain, pressed = KVCache(), KVCache()
-    with torch.no_grad():
-        for chunk in (ids[:, :20], *ids[:, 20:].split(1, dim=1)):
-            assert torch.equal(model(chunk, pressed, press), model(chunk, plain))
-    assert all(torch.equal(a, b) for a, b in zip(plain.keys, pressed.keys, strict=True))
-    assert pressed.length(0) == 30
-
-
 def test_sinks_and_recent_window_are_kept() -> None:
     """The first 4 tokens and the most recent ones are held after prefill and every step."""
     held = stream(make_press(config_for(0.3)), T=40, steps=6)
