@@ -14,7 +14,25 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILY_PACKAGES = ("reference_impls.vision", "reference_impls.kv", "reference_impls.prompt")
+FAMILY_PACKAGES = (
+    "reference_impls.vision",
+    "reference_impls.kv",
+    "reference_impls.prompt",
+    "reference_impls.vlm",
+    "reference_impls.projector",
+    "reference_impls.video",
+    "reference_impls.diffusion",
+)
+# Where each package's tests live: tests/impls/<folder>/test_<name>.py ("" is tests/impls/).
+TEST_FOLDERS = {
+    "vision": "",
+    "kv": "llm",
+    "prompt": "llm",
+    "vlm": "vlm",
+    "projector": "vlm",
+    "video": "video",
+    "diffusion": "video",
+}
 
 
 @dataclass(frozen=True)
@@ -32,13 +50,9 @@ class ImplInfo:
 
     @property
     def test_file(self) -> str:
-        """Vision tests sit in tests/impls/, language-model ones in tests/impls/llm/."""
-        folder = (
-            "tests/impls"
-            if self.module.startswith("reference_impls.vision.")
-            else "tests/impls/llm"
-        )
-        return f"{folder}/test_{self.name}.py"
+        """Vision tests sit in tests/impls/, the others in a folder per area (TEST_FOLDERS)."""
+        folder = TEST_FOLDERS[self.module.split(".")[1]]
+        return "/".join(part for part in ("tests/impls", folder, f"test_{self.name}.py") if part)
 
 
 def config_for(module: Any, keep_rate: float, depth: int, num_patches: int) -> Any:

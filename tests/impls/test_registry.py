@@ -25,12 +25,20 @@ INFRASTRUCTURE = {
     "vision": {"vit", "adapter", "tokens", "macs"},
     "kv": {"base"},
     "prompt": {"scorer"},
+    "vlm": set(),
+    "projector": set(),
+    "video": set(),
+    "diffusion": set(),
 }
 # What an algorithm module must expose, per family package.
 CONTRACT = {
     "vision": ("Config", "patch", "config_for"),
     "kv": ("Config", "make_press", "config_for"),
     "prompt": ("Config", "compress", "config_for"),
+    "vlm": ("Config", "config_for"),
+    "projector": ("Config", "config_for"),
+    "video": ("Config", "config_for"),
+    "diffusion": ("Config", "config_for"),
 }
 
 

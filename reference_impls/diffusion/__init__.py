@@ -1,0 +1,1 @@
+"""Token reduction in diffusion denoisers (merging with unmerge around attention)."""

@@ -1,0 +1,1 @@
+"""Token reduction for video models: merging and dropping tokens across frames."""
