@@ -147,18 +147,6 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
             "impl_level is set but impl is not; name the reference_impls module in impl or remove impl_level",
         ),
     ],
-    "method-no-family-2023": [
-        (
-            7,
-            "methods need at least one family (pruning, merging, prune-merge, clustering, learned-compression, kv-eviction, kv-quantization, kv-merging, prompt-compression, token-skipping, hardware, other)",
-        ),
-    ],
-    "method-no-training-free-2023": [
-        (
-            7,
-            "methods need training_free: true or false (can it be applied to a pretrained model without any training or fine-tuning?)",
-        ),
-    ],
     "missing-title-2023": [
         (1, "missing required field 'title'"),
     ],

@@ -556,12 +556,8 @@ class Paper(BaseModel):
         json_schema_extra={
             "allOf": [
                 {
-                    "if": {"properties": {"kind": {"const": "method"}}, "required": ["kind"]},
-                    "then": {
-                        "required": ["training_free", "family"],
-                        "properties": {"family": {"minItems": 1}},
-                    },
-                    "else": {"not": {"required": ["training_free"]}},
+                    "if": {"properties": {"kind": {"not": {"const": "method"}}}},
+                    "then": {"not": {"required": ["training_free"]}},
                 }
             ],
             "dependentRequired": {"impl": ["impl_level"], "impl_level": ["impl"]},
@@ -583,11 +579,14 @@ class Paper(BaseModel):
         description="One or more modalities."
     )
     family: Annotated[list[FamilyField], AfterValidator(_unique)] = Field(
-        default_factory=list, description="One or more method families (required for methods)."
+        default_factory=list, description="Method families; empty until curated."
     )
     training_free: StrictBool | None = Field(
         default=None,
-        description="Methods only: can it be applied to a pretrained model without training?",
+        description=(
+            "Methods only: can it be applied to a pretrained model without training? Leave it "
+            "out when unverified."
+        ),
     )
     arxiv: ArxivId | None = None
     doi: Doi | None = None
@@ -652,21 +651,7 @@ def _record_problems(
                 "canonical algorithm of its family)"
             ),
         )
-    if paper.kind is Kind.METHOD:
-        if paper.training_free is None:
-            yield (
-                ("kind",),
-                (
-                    "methods need training_free: true or false (can it be applied to a pretrained "
-                    "model without any training or fine-tuning?)"
-                ),
-            )
-        if not paper.family:
-            yield (
-                ("kind",),
-                (f"methods need at least one family ({', '.join(f.value for f in Family)})"),
-            )
-    elif paper.training_free is not None:
+    if paper.kind is not Kind.METHOD and paper.training_free is not None:
         yield (
             ("training_free",),
             (
