@@ -42,15 +42,15 @@ def _verbatim(text: str) -> str:
 
 def entry(record: dict[str, Any]) -> str:
     """One BibTeX entry for a record."""
-    venue = record["venue"]
-    match = _VENUE_RE.match(venue)
+    venue = record.get("venue")
+    match = _VENUE_RE.match(venue) if venue else None
     fields: list[tuple[str, str]] = [
         # Double braces keep the title's capitalisation (ViT, LLM) in every bibliography style.
         ("title", "{" + escape(record["title"]) + "}"),
     ]
     if record.get("authors"):
         fields.append(("author", " and ".join(escape(a) for a in record["authors"])))
-    if venue == ARXIV_VENUE or match is None:
+    if venue in (ARXIV_VENUE, None) or match is None:
         kind = "article" if record.get("arxiv") else "misc"
         year = record["year"]
         if record.get("arxiv"):

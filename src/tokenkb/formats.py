@@ -65,14 +65,14 @@ def md_escape(text: str) -> str:
 def to_md(records: list[dict[str, Any]]) -> str:
     lines = []
     for r in records:
-        parts = [f"- **[{md_escape(r['venue'])}]**"]
+        parts = [f"- **[{md_escape(r.get('venue') or 'venue unknown')}]**"]
         title = md_escape(r["title"])
         parts.append(f"[{title}]({r['paper']})" if r.get("paper") else title)
         if r.get("aliases"):
             parts.append("(" + ", ".join(md_escape(a) for a in r["aliases"]) + ")")
         if r.get("code"):
             parts.append(f"[[code]]({r['code']})")
-        tags = [*r["modality"], *(r.get("family") or [])]
+        tags = [*(r.get("modality") or []), *(r.get("family") or [])]
         if r.get("training_free"):
             tags.append("training-free")
         parts.append(" ".join(f"`{t}`" for t in tags))
@@ -107,8 +107,8 @@ def to_table(records: list[dict[str, Any]], width: int | None = None) -> str:
         [
             r["id"],
             str(r["year"]),
-            r["venue"],
-            ",".join(r["modality"]),
+            r.get("venue") or "-",
+            ",".join(r.get("modality") or []) or "-",
             ",".join(r.get("family") or []) or "-",
             {True: "yes", False: "no", None: "-"}[r.get("training_free")],
             "yes" if r.get("code") else "-",

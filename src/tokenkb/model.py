@@ -398,8 +398,8 @@ _VENUE = re.compile(r"^(?P<name>.+?) (?P<year>(?:19|20)[0-9]{2})(?: (?P<suffix>[
 _VENUE_BY_LOWER = {name.lower(): name for name in VENUES}
 
 
-def venue_year(venue: str) -> int | None:
-    match = _VENUE.match(venue)
+def venue_year(venue: str | None) -> int | None:
+    match = _VENUE.match(venue) if venue else None
     return int(match.group("year")) if match else None
 
 
@@ -573,10 +573,14 @@ class Paper(BaseModel):
         default_factory=list, description="Authors in paper order, 'First Last'."
     )
     year: Year = Field(description="Year of the first public version (e.g. arXiv v1).")
-    venue: Venue = Field(description="Normalised venue, e.g. 'ICLR 2023', or 'arXiv'.")
+    venue: Venue | None = Field(
+        default=None,
+        description="Normalised venue, e.g. 'ICLR 2023', or 'arXiv'; left out when unverified.",
+    )
     kind: KindField
+    # Left out until curated; when written, at least one value (the default is not validated).
     modality: Annotated[list[ModalityField], Field(min_length=1), AfterValidator(_unique)] = Field(
-        description="One or more modalities."
+        default_factory=list, description="Modalities the work applies to; out until curated."
     )
     family: Annotated[list[FamilyField], AfterValidator(_unique)] = Field(
         default_factory=list, description="Method families; empty until curated."

@@ -70,7 +70,7 @@ def _haystack(record: dict[str, Any]) -> str:
 
 
 def matches(record: dict[str, Any], filters: Filters) -> bool:
-    if filters.modality and not set(filters.modality) & set(record["modality"]):
+    if filters.modality and not set(filters.modality) & set(record.get("modality") or []):
         return False
     if filters.family and not set(filters.family) & set(record.get("family") or ()):
         return False
@@ -86,7 +86,7 @@ def matches(record: dict[str, Any], filters: Filters) -> bool:
     if filters.since is not None and record["year"] < filters.since:
         return False
     if filters.venue:
-        venue = record["venue"].lower()
+        venue = (record.get("venue") or "").lower()
         wanted = [v.lower() for v in filters.venue]
         if not any(venue == v or venue.startswith(v + " ") for v in wanted):
             return False
