@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .problems import Problem
+    from .sources.arxiv import ArxivClient
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -130,6 +131,108 @@ def cmd_query(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import json
+
+    from . import importer
+    from .outputs import write_files
+
+    papers = _papers(args)
+    try:
+        results = [importer.read_source(Path(p), args.as_format) for p in args.paths]
+    except importer.ImportError_ as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    excluded = importer.load_excluded(papers.parent / "curation" / "excluded.yaml")
+    plan = importer.plan_import(results, papers, excluded)
+    if args.format == "json":
+        report = {
+            "entries": [p.as_json() for p in plan.planned],
+            "unparsed": [
+                {"source": s, "line": u.line, "text": u.text, "reason": u.reason}
+                for s, u in plan.unparsed
+            ],
+            "skipped": [
+                {"source": s, "line": u.line, "text": u.text, "reason": u.reason}
+                for s, u in plan.skipped
+            ],
+            "conflicts": [
+                {"kind": c.kind, "between": list(c.keys), "message": c.message}
+                for c in plan.conflicts
+            ],
+            "invalid": [str(p) for p in plan.invalid],
+        }
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        for source, u in plan.unparsed:
+            print(f"{source}:{u.line}: not imported: {u.reason}")
+        for c in plan.conflicts:
+            print(f"conflict: {c.message}")
+        for planned in plan.planned:
+            for problem in [*planned.entry.problems, *planned.problems]:
+                print(f"{planned.entry.source}:{planned.entry.line}: {problem}")
+    counts = plan.counts()
+    summary = (
+        f"{sum(counts.values())} entries: {counts.get('new', 0)} new, {counts.get('merge', 0)} "
+        f"merged, {counts.get('skip', 0)} skipped; {len(plan.unparsed)} lines unparsed; "
+        f"{len(plan.conflicts)} conflicts; {len(plan.files)} files to write"
+    )
+    if plan.invalid:
+        for problem in plan.invalid:
+            print(problem, file=sys.stderr)
+        print(f"{summary}\nnothing written: the plan would leave invalid records", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print(f"{summary} (dry run: nothing written)", file=sys.stderr)
+        return 0
+    written = write_files(plan.files)
+    print(f"{summary}; wrote {len(written)}", file=sys.stderr)
+    return 0
+
+
+def cmd_dedupe(args: argparse.Namespace) -> int:
+    import json
+
+    from .dedupe import ID_KINDS, Item, find_duplicates
+    from .validate import validate
+
+    report = validate([_papers(args)], keep_records=True)
+    if report.problems:
+        _print_problems(report.problems, report.files)
+        return 1
+    records = sorted(report.records, key=lambda r: str(r["id"]))
+    items = [
+        Item(r["id"], r["title"], {k: r[k] for k in ID_KINDS if r.get(k)}, r.get("aliases", []))
+        for r in records
+    ]
+    groups = find_duplicates(items)
+    duplicates = [
+        {
+            "ids": [records[i]["id"] for i in group],
+            "evidence": [
+                why for (a, b), why in groups.evidence.items() if a in group and b in group
+            ],
+        }
+        for group in groups.groups
+        if len(group) > 1
+    ]
+    conflicts = [
+        {"kind": c.kind, "between": list(c.keys), "message": c.message} for c in groups.conflicts
+    ]
+    if args.format == "json":
+        print(json.dumps({"duplicates": duplicates, "conflicts": conflicts}, indent=2))
+    else:
+        for dup in duplicates:
+            print(f"duplicates: {', '.join(dup['ids'])} ({'; '.join(dup['evidence'])})")
+        for conflict in conflicts:
+            print(f"conflict: {conflict['message']}")
+    print(
+        f"{len(records)} records: {len(duplicates)} likely duplicates, {len(conflicts)} conflicts",
+        file=sys.stderr,
+    )
+    return 1 if duplicates or conflicts else 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from .render import check_generated, write_generated
 
@@ -227,6 +330,110 @@ def cmd_vocab(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _arxiv_client() -> ArxivClient:
+    """The real arXiv API client (network); tests replace this to replay recorded responses."""
+    from .sources.arxiv import ArxivClient
+
+    return ArxivClient()
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from .scaffold import ScaffoldError, find_arxiv, new_record, write_new_record
+    from .sources.arxiv import ArxivError, InvalidArxivId, parse_arxiv_id
+
+    try:
+        arxiv_id = parse_arxiv_id(args.arxiv)
+    except InvalidArxivId as exc:
+        print(f"kb new: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    papers = _papers(args)
+    if not papers.is_dir():
+        print(
+            f"kb new: no papers directory at {papers}; run inside the repository or pass "
+            "--papers DIR",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    existing = find_arxiv(papers, arxiv_id)  # before any request: no needless network call
+    if existing is not None:
+        print(f"kb new: {existing} already has arXiv {arxiv_id}; edit that record", file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        meta = _arxiv_client().fetch(arxiv_id)
+    except ArxivError as exc:
+        print(f"kb new: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        path, text = new_record(meta, papers, modality=args.modality, kind=args.kind)
+        if args.dry_run:
+            sys.stdout.write(text)
+            print(f"would write {path}", file=sys.stderr)
+            return EXIT_OK
+        write_new_record(path, text)
+    except ScaffoldError as exc:
+        print(f"kb new: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(path)
+    print(
+        "arXiv cannot say the rest: add family, training_free (methods), summary and code "
+        "where you can verify them (kb vocab lists the values), then run kb validate",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from .problems import RecordError
+    from .scaffold import ScaffoldError, apply_changes, enrich, load_stored
+    from .sources.arxiv import ArxivError
+    from .validate import collect_paths
+
+    paths = [Path(p) for p in args.paths] or [_papers(args)]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"kb enrich: no such file or directory: {missing[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    files, problems = collect_paths(paths)
+    records = []
+    for path in files:
+        try:
+            records.append(load_stored(path))
+        except RecordError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        for problem in sorted(problems):
+            print(problem)
+        print(
+            "kb enrich: fix the records above first (kb validate shows them all)", file=sys.stderr
+        )
+        return EXIT_PROBLEMS
+    try:
+        plan = enrich(records, _arxiv_client())
+    except ArxivError as exc:
+        print(f"kb enrich: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.dry_run:
+        try:
+            apply_changes(plan.changes)
+        except ScaffoldError as exc:
+            print(f"kb enrich: {exc}", file=sys.stderr)
+            return EXIT_PROBLEMS
+    verb = "would fill" if args.dry_run else "filled"
+    for change in plan.changes:
+        print(f"{change.path}: {verb} {', '.join(change.fields)} from arXiv {change.arxiv_id}")
+        if args.dry_run:
+            sys.stdout.write(change.diff())
+    for problem in plan.problems:
+        print(problem)
+    count = len(plan.problems)
+    print(
+        f"{plan.asked} record{'s' if plan.asked != 1 else ''} with an arXiv id: "
+        f"{len(plan.changes)} {verb}, {count} problem{'s' if count != 1 else ''}",
+        file=sys.stderr,
+    )
+    return EXIT_PROBLEMS if plan.problems else EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -322,6 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-read every file instead of using the record cache",
     )
 
+    sub = add("import", cmd_import, "Import a source list: match entries, write new/merged records.")
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="source files (.md, .txt, .bib)")
+    sub.add_argument(
+        "--as", dest="as_format", choices=["awesome", "structured", "citations", "bibtex"],
+        help="the format, when it cannot be detected",
+    )  # fmt: skip
+    sub.add_argument("--dry-run", action="store_true", help="change nothing; print the plan")
+    sub.add_argument("--format", choices=["text", "json"], default="text", help="report format")
+
+    sub = add("dedupe", cmd_dedupe, "Report likely duplicate records, with the evidence.")
+    sub.add_argument("--format", choices=["text", "json"], default="text", help="report format")
+
     sub = add("render", cmd_render, "Regenerate generated files (the JSON Schema, ...).")
     sub.add_argument(
         "--check",
@@ -341,6 +560,48 @@ def build_parser() -> argparse.ArgumentParser:
         "vocab", cmd_vocab, "List the controlled vocabularies with the meaning of each value."
     )
     sub.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+
+    from .taxonomy import Kind, Modality
+
+    sub = add("new", cmd_new, "Scaffold a record from an arXiv paper's metadata (network).")
+    sub.add_argument(
+        "--arxiv",
+        required=True,
+        metavar="ID",
+        help="arXiv id: '2210.09461', 'arXiv:2210.09461v2' or an abs/pdf URL",
+    )
+    sub.add_argument(
+        "--modality",
+        action="append",
+        required=True,
+        choices=[m.value for m in Modality],
+        metavar="M",
+        help="what the work applies to (arXiv cannot say; repeatable): "
+        + ", ".join(m.value for m in Modality),
+    )
+    sub.add_argument(
+        "--kind",
+        choices=[k.value for k in Kind],
+        default=Kind.METHOD.value,
+        metavar="K",
+        help="method (default), survey, benchmark, analysis, system, thesis or blog",
+    )
+    sub.add_argument(
+        "--dry-run", action="store_true", help="write nothing; print the record's YAML"
+    )
+
+    sub = add(
+        "enrich",
+        cmd_enrich,
+        "Fill empty fields (authors, doi, paper) of records with an arXiv id from arXiv "
+        "(network); report where records disagree with arXiv.",
+    )
+    sub.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files or directories (default: papers/)"
+    )
+    sub.add_argument(
+        "--dry-run", action="store_true", help="write nothing; print the plan and a diff"
+    )
     return parser
 
 

@@ -1,0 +1,216 @@
+"""Find the items that name the same work: identifiers first, then titles, never all pairs.
+
+An `Item` is anything with a title and identifiers: a record in papers/ or an imported entry.
+`find_duplicates` groups items with union-find:
+
+1. items sharing an identifier (arXiv, DOI, IEEE, OpenReview, ACL) are one work, unless their
+   titles plainly disagree: that is a *conflict* (one of the links is wrong), reported and not
+   merged;
+2. items whose normalised titles (or a record's title-like aliases, the alias table of renamed
+   works) are equal are one work, unless they carry different ids of the same kind: a conflict;
+3. remaining near-equal titles are compared with rapidfuzz, but only within blocks of items that
+   share one of their rarest title words, so the cost grows with the block sizes rather than
+   with the square of the item count.
+
+Nicknames alone never merge (two works are called "PPT"). Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rapidfuzz import fuzz
+
+ID_KINDS = ("arxiv", "doi", "ieee", "openreview", "acl")
+FUZZY_THRESHOLD = 92.0  # token_sort_ratio of normalised titles for a fuzzy match
+COMPATIBLE_THRESHOLD = 60.0  # token_set_ratio below which two titles for one id disagree
+RARE_WORDS = 3  # blocking keys per item
+_STOP = {
+    "a", "an", "the", "of", "for", "and", "in", "on", "to", "with", "via", "by", "is", "are",
+    "from", "towards", "toward", "at", "as", "your", "you", "all", "be", "we", "using", "through",
+}  # fmt: skip
+
+
+@dataclass
+class Item:
+    """What deduplication knows of one record or entry."""
+
+    key: str  # unique label: a record id, or "source:line"
+    title: str | None
+    ids: dict[str, str] = field(default_factory=dict)  # kind -> value, for ID_KINDS
+    titles: list[str] = field(default_factory=list)  # other titles it is known by (aliases)
+
+
+@dataclass
+class Conflict:
+    """Two items that share evidence but cannot be the same work, or cannot be told apart."""
+
+    kind: str  # "same-id-different-title" or "same-title-different-id"
+    keys: tuple[str, str]
+    message: str
+
+
+@dataclass
+class Groups:
+    groups: list[list[int]]  # indices into the items, each group one work (singletons included)
+    evidence: dict[tuple[int, int], str]  # (a, b) -> why a and b were joined
+    conflicts: list[Conflict]
+
+
+def normalize_title(title: str) -> str:
+    """Case, accents, punctuation, parentheticals and a leading 'Nickname:' folded away."""
+    text = unicodedata.normalize("NFKD", title)
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    text = re.sub(r"\([^)]*\)", " ", text)
+    text = text.replace("&", " and ")
+    text = re.sub(r"[^a-z0-9]+", " ", text)
+    return " ".join(text.split())
+
+
+def title_words(normalized: str) -> list[str]:
+    return [w for w in normalized.split() if w not in _STOP and len(w) > 1]
+
+
+def titles_compatible(a: str, b: str) -> bool:
+    """Could these be titles of one work (a variant, a prefix, a nickname-prefixed form)?"""
+    na, nb = normalize_title(a), normalize_title(b)
+    if not na or not nb:
+        return True
+    return fuzz.token_set_ratio(na, nb) >= COMPATIBLE_THRESHOLD
+
+
+class _UnionFind:
+    def __init__(self, items: Sequence[Item]) -> None:
+        self.parent = list(range(len(items)))
+        self.ids: list[dict[str, str]] = [dict(item.ids) for item in items]
+
+    def find(self, index: int) -> int:
+        while self.parent[index] != index:
+            self.parent[index] = self.parent[self.parent[index]]
+            index = self.parent[index]
+        return index
+
+    def clash(self, a: int, b: int) -> str | None:
+        """The id kind on which the groups of a and b disagree, if any."""
+        ids_a, ids_b = self.ids[self.find(a)], self.ids[self.find(b)]
+        for kind, value in ids_a.items():
+            other = ids_b.get(kind)
+            if other is not None and other.lower() != value.lower():
+                return kind
+        return None
+
+    def union(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        self.parent[rb] = ra
+        for kind, value in self.ids[rb].items():
+            self.ids[ra].setdefault(kind, value)
+        return True
+
+
+def find_duplicates(items: Sequence[Item]) -> Groups:
+    """Group `items` into works; see the module docstring for the rules."""
+    uf = _UnionFind(items)
+    evidence: dict[tuple[int, int], str] = {}
+    conflicts: list[Conflict] = []
+    normalized = [normalize_title(item.title) if item.title else "" for item in items]
+
+    def join(a: int, b: int, why: str) -> None:
+        if uf.union(a, b):
+            evidence[(a, b)] = why
+
+    # 1. identifiers
+    by_id: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        for kind, value in item.ids.items():
+            by_id[(kind, value.lower())].append(index)
+    for (kind, value), members in by_id.items():
+        first = members[0]
+        for other in members[1:]:
+            a, b = items[first], items[other]
+            if a.title and b.title and not any(
+                titles_compatible(x, y) for x in [a.title, *a.titles] for y in [b.title, *b.titles]
+            ):
+                conflicts.append(
+                    Conflict(
+                        "same-id-different-title",
+                        (a.key, b.key),
+                        f"{a.key} and {b.key} both give {kind} {value} but their titles differ: "
+                        f"{a.title!r} vs {b.title!r}; one of the links is wrong",
+                    )
+                )
+                continue
+            join(first, other, f"same {kind} {value}")
+
+    # 2. equal normalised titles and title-like aliases
+    by_title: dict[str, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        keys = {normalized[index]} if normalized[index] else set()
+        keys |= {normalize_title(t) for t in item.titles if len(t.split()) >= 3}
+        for key in keys:
+            if len(key.split()) >= 2:
+                by_title[key].append(index)
+    for key, members in by_title.items():
+        for other in members[1:]:
+            _join_titles(items, uf, members[0], other, f"same title {key!r}", join, conflicts)
+
+    # 3. near-equal titles within blocks of rare words
+    frequency: dict[str, int] = defaultdict(int)
+    words = [title_words(n) for n in normalized]
+    for ws in words:
+        for w in set(ws):
+            frequency[w] += 1
+    blocks: dict[str, list[int]] = defaultdict(list)
+    for index, ws in enumerate(words):
+        for w in sorted(set(ws), key=lambda w: (frequency[w], w))[:RARE_WORDS]:
+            blocks[w].append(index)
+    seen: set[tuple[int, int]] = set()
+    for members in blocks.values():
+        if len(members) < 2:
+            continue
+        for i, a in enumerate(members):
+            for b in members[i + 1 :]:
+                pair = (a, b)
+                if pair in seen or uf.find(a) == uf.find(b):
+                    continue
+                seen.add(pair)
+                score = fuzz.token_sort_ratio(normalized[a], normalized[b])
+                if score >= FUZZY_THRESHOLD:
+                    why = f"titles {score:.0f}% alike"
+                    _join_titles(items, uf, a, b, why, join, conflicts)
+
+    groups: dict[int, list[int]] = defaultdict(list)
+    for index in range(len(items)):
+        groups[uf.find(index)].append(index)
+    return Groups(sorted(groups.values()), evidence, conflicts)
+
+
+def _join_titles(
+    items: Sequence[Item],
+    uf: _UnionFind,
+    a: int,
+    b: int,
+    why: str,
+    join: object,
+    conflicts: list[Conflict],
+) -> None:
+    kind = uf.clash(a, b)
+    if kind is not None:
+        ia, ib = items[a], items[b]
+        conflicts.append(
+            Conflict(
+                "same-title-different-id",
+                (ia.key, ib.key),
+                f"{ia.key} and {ib.key} have the same title ({why}) but different {kind} ids "
+                f"({uf.ids[uf.find(a)][kind]} vs {uf.ids[uf.find(b)][kind]}): two versions, or "
+                "a wrong id; not merged",
+            )
+        )
+        return
+    assert callable(join)
+    join(a, b, why)
