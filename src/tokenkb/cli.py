@@ -178,8 +178,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"{len(plan.conflicts)} conflicts; {len(plan.files)} files to write"
     )
     if plan.invalid:
-        for problem in plan.invalid:
-            print(problem, file=sys.stderr)
+        for invalid in plan.invalid:
+            print(invalid, file=sys.stderr)
         print(f"{summary}\nnothing written: the plan would leave invalid records", file=sys.stderr)
         return 1
     if args.dry_run:
@@ -529,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-read every file instead of using the record cache",
     )
 
-    sub = add("import", cmd_import, "Import a source list: match entries, write new/merged records.")
+    sub = add(
+        "import", cmd_import, "Import a source list: match entries, write new/merged records."
+    )
     sub.add_argument("paths", nargs="+", metavar="PATH", help="source files (.md, .txt, .bib)")
     sub.add_argument(
         "--as", dest="as_format", choices=["awesome", "structured", "citations", "bibtex"],

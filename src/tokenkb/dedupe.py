@@ -9,8 +9,8 @@ An `Item` is anything with a title and identifiers: a record in papers/ or an im
 2. items whose normalised titles (or a record's title-like aliases, the alias table of renamed
    works) are equal are one work, unless they carry different ids of the same kind: a conflict;
 3. remaining near-equal titles are compared with rapidfuzz, but only within blocks of items that
-   share one of their rarest title words, so the cost grows with the block sizes rather than
-   with the square of the item count.
+   share a pair of their four rarest title words (a typo changes one word and leaves three
+   pairs), so blocks stay small and the cost grows about linearly with the item count.
 
 Nicknames alone never merge (two works are called "PPT"). Nothing here reads or writes files.
 """
@@ -22,13 +22,14 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 
 from rapidfuzz import fuzz
 
 ID_KINDS = ("arxiv", "doi", "ieee", "openreview", "acl")
-FUZZY_THRESHOLD = 92.0  # token_sort_ratio of normalised titles for a fuzzy match
+FUZZY_THRESHOLD = 92.0  # ratio or token_sort_ratio of normalised titles for a fuzzy match
 COMPATIBLE_THRESHOLD = 60.0  # token_set_ratio below which two titles for one id disagree
-RARE_WORDS = 3  # blocking keys per item
+RARE_WORDS = 4  # an item's blocking keys are the pairs of its four rarest title words
 _STOP = {
     "a", "an", "the", "of", "for", "and", "in", "on", "to", "with", "via", "by", "is", "are",
     "from", "towards", "toward", "at", "as", "your", "you", "all", "be", "we", "using", "through",
@@ -132,16 +133,22 @@ def find_duplicates(items: Sequence[Item]) -> Groups:
     for (kind, value), members in by_id.items():
         first = members[0]
         for other in members[1:]:
-            a, b = items[first], items[other]
-            if a.title and b.title and not any(
-                titles_compatible(x, y) for x in [a.title, *a.titles] for y in [b.title, *b.titles]
+            ia, ib = items[first], items[other]
+            if (
+                ia.title
+                and ib.title
+                and not any(
+                    titles_compatible(x, y)
+                    for x in [ia.title, *ia.titles]
+                    for y in [ib.title, *ib.titles]
+                )
             ):
                 conflicts.append(
                     Conflict(
                         "same-id-different-title",
-                        (a.key, b.key),
-                        f"{a.key} and {b.key} both give {kind} {value} but their titles differ: "
-                        f"{a.title!r} vs {b.title!r}; one of the links is wrong",
+                        (ia.key, ib.key),
+                        f"{ia.key} and {ib.key} both give {kind} {value} but their titles differ: "
+                        f"{ia.title!r} vs {ib.title!r}; one of the links is wrong",
                     )
                 )
                 continue
@@ -165,10 +172,14 @@ def find_duplicates(items: Sequence[Item]) -> Groups:
     for ws in words:
         for w in set(ws):
             frequency[w] += 1
-    blocks: dict[str, list[int]] = defaultdict(list)
+    blocks: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for index, ws in enumerate(words):
-        for w in sorted(set(ws), key=lambda w: (frequency[w], w))[:RARE_WORDS]:
-            blocks[w].append(index)
+        rarest = sorted(sorted(set(ws), key=lambda w: (frequency[w], w))[:RARE_WORDS])
+        pairs: list[tuple[str, ...]] = (
+            list(combinations(rarest, 2)) if len(rarest) > 1 else [tuple(rarest)]
+        )
+        for pair_key in pairs:
+            blocks[pair_key].append(index)
     seen: set[tuple[int, int]] = set()
     for members in blocks.values():
         if len(members) < 2:
@@ -179,11 +190,19 @@ def find_duplicates(items: Sequence[Item]) -> Groups:
                 if pair in seen or uf.find(a) == uf.find(b):
                     continue
                 seen.add(pair)
-                score = fuzz.token_sort_ratio(normalized[a], normalized[b])
+                # ratio sees typos; token_sort_ratio sees reordered words
+                score = max(
+                    fuzz.ratio(normalized[a], normalized[b]),
+                    fuzz.token_sort_ratio(normalized[a], normalized[b]),
+                )
                 if score >= FUZZY_THRESHOLD:
                     why = f"titles {score:.0f}% alike"
                     _join_titles(items, uf, a, b, why, join, conflicts)
 
+    unique: dict[tuple[str, tuple[str, str]], Conflict] = {}
+    for conflict in conflicts:  # a pair found by exact and by fuzzy title is one conflict
+        unique.setdefault((conflict.kind, tuple(sorted(conflict.keys))), conflict)  # type: ignore[arg-type]
+    conflicts = list(unique.values())
     groups: dict[int, list[int]] = defaultdict(list)
     for index in range(len(items)):
         groups[uf.find(index)].append(index)

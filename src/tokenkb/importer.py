@@ -190,7 +190,7 @@ def plan_import(
             if index >= len(records) and entries[index - len(records)].code:
                 code_groups[entries[index - len(records)].code or ""].add(number)
     shared = {code for code, owners in code_groups.items() if len(owners) > 1}
-    for number, group in enumerate(groups.groups):
+    for group in groups.groups:
         group_records = [records[i] for i in group if i < len(records)]
         group_entries = [entries[i - len(records)] for i in group if i >= len(records)]
         if not group_entries:

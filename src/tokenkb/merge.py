@@ -17,21 +17,23 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .dedupe import normalize_title, titles_compatible, title_words
+from .dedupe import normalize_title, title_words, titles_compatible
 from .model import FIELD_NAMES, suggest_slug, venue_year
 from .sources.entry import Entry
 
 FORMAT_RANK = {"awesome": 0, "bibtex": 0, "arxiv": 0, "structured": 1, "citations": 2}
 ID_FIELDS = ("arxiv", "doi", "ieee", "openreview", "acl")
+_VLM = r"vision[- ]language|multimodal llm|\bmllms?\b|\blvlms?\b|\bvlms?\b|llava"
+_LANGUAGE = r"\bllms?\b|language model|\bbert\b|\bprompt|kv cache|\bcontext\b"
 _MODALITY_WORDS = (
-    (re.compile(r"vision[- ]language|multimodal llm|\bmllms?\b|\blvlms?\b|\bvlms?\b|llava", re.I), "vlm"),
+    (re.compile(_VLM, re.I), "vlm"),
     (re.compile(r"\bvideo", re.I), "video"),
     (re.compile(r"diffusion", re.I), "diffusion"),
     (re.compile(r"state space|\bmamba\b|\bssms?\b", re.I), "ssm"),
     (re.compile(r"\bspeech\b|\baudio\b", re.I), "audio"),
     (re.compile(r"vision transformer|\bvits?\b|\bimage\b|segmentation|detection", re.I), "vision"),
-    (re.compile(r"\bllms?\b|language model|\bbert\b|\bprompt|kv cache|\bcontext\b", re.I), "language"),
-)  # fmt: skip
+    (re.compile(_LANGUAGE, re.I), "language"),
+)
 
 
 def _rank(entry: Entry, formats: dict[str, str]) -> int:
@@ -122,9 +124,13 @@ def new_record(
         for alias in e.aliases:
             if normalize_title(alias) not in norm_title and alias not in aliases:
                 aliases.append(alias)
-        if e.title and e.title != title and normalize_title(e.title) != norm_title:
-            if not titles_compatible(e.title, title) and e.title not in aliases:
-                aliases.append(e.title)
+        if (
+            e.title
+            and normalize_title(e.title) != norm_title
+            and not titles_compatible(e.title, title)
+            and e.title not in aliases
+        ):
+            aliases.append(e.title)
     authors = max((e.authors for e in ordered), key=len, default=[])  # first of the longest
     kinds = [e.kind for e in ordered if e.kind]
     kind = kinds[0] if kinds else "method"
@@ -207,8 +213,8 @@ def merge_into(
     merged = dict(record)
     if not fresh:
         return merged, problems, fresh
-    draft, _ = new_record(fresh, formats, {record["id"]}) if any(e.title for e in fresh) else (
-        {}, []
+    draft, _ = (
+        new_record(fresh, formats, {record["id"]}) if any(e.title for e in fresh) else ({}, [])
     )
     for e in fresh:
         for name in ("arxiv", "doi", "ieee", "openreview", "acl", "code"):

@@ -7,10 +7,12 @@ read (a missing brace, a duplicate key) are reported as unparsed with their line
 
 from __future__ import annotations
 
+import logging
 import re
 
 import bibtexparser
-from bibtexparser.model import DuplicateBlockKeyBlock, Entry as BibEntry, ParsingFailedBlock
+from bibtexparser.model import DuplicateBlockKeyBlock, ParsingFailedBlock
+from bibtexparser.model import Entry as BibEntry
 
 from ..model import normalize_arxiv
 from .entry import Entry, ParseResult, Unparsed
@@ -30,16 +32,23 @@ def _plain(value: str) -> str:
 
 def parse(text: str, source: str) -> ParseResult:
     result = ParseResult(source=source, format="bibtex")
-    library = bibtexparser.parse_string(repair(text))
+    log = logging.getLogger("bibtexparser")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # its failures are reported below, with their lines
+    try:
+        library = bibtexparser.parse_string(repair(text))  # type: ignore[attr-defined]
+    finally:
+        log.setLevel(level)
     for block in library.failed_blocks:
         line = (block.start_line or 0) + 1
         if isinstance(block, DuplicateBlockKeyBlock):
             reason = f"duplicate key {block.key!r}; rename one of the entries"
         elif isinstance(block, ParsingFailedBlock):
-            reason = f"not valid BibTeX ({block.error}); check its braces and commas"
+            detail = str(block.error).strip() or "unbalanced braces"
+            reason = f"not valid BibTeX ({detail}); check its braces and commas"
         else:
             reason = "not valid BibTeX"
-        result.unparsed.append(Unparsed(line, block.raw.strip()[:300], reason))
+        result.unparsed.append(Unparsed(line, (block.raw or "").strip()[:300], reason))
     for bib in library.entries:
         result.entries.append(_entry(bib, source))
     return result
@@ -55,7 +64,7 @@ def _field(bib: BibEntry, name: str) -> str | None:
 
 def _entry(bib: BibEntry, source: str) -> Entry:
     line = (bib.start_line or 0) + 1
-    entry = Entry(source=source, line=line, text=bib.raw.strip()[:300])
+    entry = Entry(source=source, line=line, text=(bib.raw or "").strip()[:300])
     title = _field(bib, "title")
     entry.title = clean_title(title) if title else None
     if entry.title is None:

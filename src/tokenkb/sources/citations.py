@@ -33,8 +33,9 @@ _VENUE_WEAK = re.compile(
     re.I,
 )
 _NAME = re.compile(
-    r"^(?:and\s+|&\s*)?(?:[A-Z][\w'’\-\.]*\.?|[A-Z]{1,3}|[a-z]{1,3}|[A-Z]\.(?:-?[A-Z]\.)*)"
-    r"(?:\s+(?:[A-Z][\w'’\-\.]*\.?|[A-Z]{1,3}|van|von|de|der|den|del|da|di|le|la|du|bin|et al\.?))"
+    r"^(?:and\s+|&\s*)?(?:[A-Z][\w'\u2019\-\.]*\.?|[A-Z]{1,3}|[a-z]{1,3}|[A-Z]\.(?:-?[A-Z]\.)*)"
+    r"(?:\s+(?:[A-Z][\w'\u2019\-\.]*\.?|[A-Z]{1,3}|"
+    r"van|von|de|der|den|del|da|di|le|la|du|bin|et al\.?))"
     r"{0,4}(?:\s+et al\.?)?$"
 )
 _KINDS = (
@@ -51,7 +52,7 @@ _FUNCTION_WORDS = {
 def looks_like_citations(text: str) -> bool:
     bullets = [line for line in text.splitlines() if _BULLET.match(line)]
     dated = [b for b in bullets if re.search(r"(?:19|20)\d\d", b) and "http" in b]
-    return len(bullets) >= 3 and len(dated) >= len(bullets) / 3
+    return len(bullets) >= 1 and len(dated) >= len(bullets) / 3
 
 
 def parse(text: str, source: str) -> ParseResult:
@@ -149,9 +150,7 @@ _MONTH_DAY_YEAR = re.compile(
 def _segments(text: str) -> list[str]:
     text = _MONTH_DAY_YEAR.sub(r"\2 \1 \3", text)  # "September 11, 2024" -> one segment
     text = re.sub(r"(?:^|(?<=, ))((?:19|20)\d\d)\s+(?=[A-Z])", r"\1, ", text)  # "2023 Title"
-    parts = re.split(
-        r",\s+|(?<![ .][A-Z])\.\s+(?=[A-Z0-9“\"]|arXiv|In\b)|;\s+|\s+-\s+", text
-    )
+    parts = re.split(r",\s+|(?<![ .][A-Z])\.\s+(?=[A-Z0-9“\"]|arXiv|In\b)|;\s+|\s+-\s+", text)
     return [p.strip(" ,.") for p in parts if p.strip(" ,.")]
 
 

@@ -30,7 +30,8 @@ def _undo_mac_roman(match: re.Match[str]) -> str:
 def repair(text: str) -> str:
     """`text` with mojibake undone; curly quotes and everything else are left as written.
 
-    ftfy handles UTF-8 read as cp1252/latin-1 (`Donâ€™t` -> `Don’t`); runs of non-ASCII
+    ftfy handles UTF-8 read as cp1252/latin-1 (`Donâ€™t` -> `Don't`, curly apostrophe kept);
+    runs of non-ASCII
     characters that are UTF-8 read as Mac Roman (`üî•` -> `🔥`) are decoded here, since ftfy
     leaves those that also read as plausible text.
     """

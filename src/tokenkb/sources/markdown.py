@@ -35,7 +35,7 @@ _NOT_NICKNAMES = {"video", "image", "github", "code", "paper"}
 def looks_like_awesome(text: str) -> bool:
     bullets = [line for line in text.splitlines() if _BULLET.match(line)]
     linked = [line for line in bullets if _LINK.search(line) or "**[" in line]
-    return len(bullets) >= 3 and len(linked) >= len(bullets) / 3
+    return len(bullets) >= 1 and len(linked) >= len(bullets) / 3
 
 
 def parse(text: str, source: str) -> ParseResult:
@@ -192,7 +192,7 @@ def _link_title(body: str, entry: Entry) -> bool:
     tokens = [t.strip(" .[]") for t in re.split(r"[;\[\]]|:\s", tail)]
     for position, token in enumerate(t for t in tokens if t):
         venue = read_venue(token) if re.search(r"(?:19|20)\d\d", token) else None
-        modality, family, _ = read_tag(token)
+        modality, _family, _ = read_tag(token)
         if venue:
             entry.venue = entry.venue or venue
             entry.venue_text = token

@@ -85,7 +85,9 @@ def parse(text: str, source: str) -> ParseResult:
             _flush(block, category, result)
             block = []
             result.unparsed.append(
-                Unparsed(number, line, "neither a numbered title, a 'Field: value' line nor a category")
+                Unparsed(
+                    number, line, "neither a numbered title, a 'Field: value' line nor a category"
+                )
             )
     _flush(block, category, result)
     return result
@@ -161,13 +163,13 @@ def _entry(part: list[tuple[int, str, str]], category: str | None, source: str) 
         if category and word in category.lower() and family not in entry.family:
             entry.family.append(family)
     if category:
-        modality, _, _ = read_tag(category)
+        hint = read_tag(category)[0]
         for word, hinted in _MODEL_TYPES:
             if word in category.lower():
-                modality = modality or hinted
+                hint = hint or hinted
                 break
-        if modality and not entry.modality:
-            entry.modality.append(modality)
+        if hint and not entry.modality:
+            entry.modality.append(hint)
     return entry
 
 
