@@ -66,15 +66,15 @@ def expect(kb, args: list[str], predicate, members: set[str]) -> None:  # type: 
 
 def test_modality_and_family(kb) -> None:
     expect(
-        kb, ["--modality", "vlm"], lambda r: "vlm" in r["modality"], {"fastv-2024", "prumerge-2025"}
+        kb, ["--modality", "vlm"], lambda r: "vlm" in r.get("modality", []), {"fastv-2024", "prumerge-2025"}
     )
     expect(
-        kb, ["--modality", "diffusion"], lambda r: "diffusion" in r["modality"], {"tome-sd-2023"}
+        kb, ["--modality", "diffusion"], lambda r: "diffusion" in r.get("modality", []), {"tome-sd-2023"}
     )
     expect(
         kb,
         ["--modality", "ssm", "--modality", "diffusion"],
-        lambda r: {"ssm", "diffusion"} & set(r["modality"]),
+        lambda r: {"ssm", "diffusion"} & set(r.get("modality", [])),
         {"token-pruning-vision-ssm-2024", "tome-sd-2023", "tor-ssm-2024"},
     )
     expect(
@@ -86,7 +86,7 @@ def test_modality_and_family(kb) -> None:
     expect(
         kb,
         ["--modality", "language", "--family", "prompt-compression"],
-        lambda r: "language" in r["modality"] and "prompt-compression" in r.get("family", []),
+        lambda r: "language" in r.get("modality", []) and "prompt-compression" in r.get("family", []),
         {"llmlingua-2023", "longllmlingua-2024"},
     )
 
@@ -97,7 +97,9 @@ def test_training_free_partitions_the_methods(kb) -> None:
     assert {"tome-2023", "fastv-2024", "h2o-2023"} <= set(free)
     assert {"dynamicvit-2021"} <= set(trained)
     assert not set(free) & set(trained)
-    assert sorted(free + trained) == query(kb, "--kind", "method")
+    # Methods whose training-freeness nobody has verified are in neither set.
+    unknown = [i for i, r in RECORDS.items() if r["kind"] == "method" and "training_free" not in r]
+    assert sorted(free + trained + unknown) == query(kb, "--kind", "method")
 
 
 def test_year_since_venue(kb) -> None:
@@ -106,22 +108,22 @@ def test_year_since_venue(kb) -> None:
     expect(
         kb,
         ["--venue", "ICLR"],
-        lambda r: r["venue"].startswith("ICLR "),
+        lambda r: r.get("venue", "").startswith("ICLR "),
         {"evit-2022", "streamingllm-2024", "tome-2023"},
     )
-    expect(kb, ["--venue", "iclr 2023"], lambda r: r["venue"] == "ICLR 2023", {"tome-2023"})
+    expect(kb, ["--venue", "iclr 2023"], lambda r: r.get("venue") == "ICLR 2023", {"tome-2023"})
     expect(
         kb,
         ["--venue", "CVPR 2023 Workshop"],
-        lambda r: r["venue"] == "CVPR 2023 Workshop",
+        lambda r: r.get("venue") == "CVPR 2023 Workshop",
         {"tome-sd-2023"},
     )
-    expect(kb, ["--venue", "CVPR"], lambda r: r["venue"].startswith("CVPR "), {"tome-sd-2023"})
+    expect(kb, ["--venue", "CVPR"], lambda r: r.get("venue", "").startswith("CVPR "), {"tome-sd-2023"})
 
 
 def test_search_finds_titles_nicknames_authors(kb) -> None:
     assert "tome-2023" in query(kb, "--search", "token merging")
-    assert query(kb, "--search", "FastV") == ["fastv-2024"]
+    assert query(kb, "--search", "FastV")[0] == "fastv-2024"  # FastVLM matches too
     assert query(kb, "--search", "bolya") == ["tome-2023", "tome-sd-2023"]
     assert query(kb, "--search", "attention sinks") == ["streamingllm-2024"]
     assert query(kb, "--search", "no such words anywhere") == []

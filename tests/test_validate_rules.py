@@ -236,7 +236,7 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
     "venue-unknown-2023": [
         (
             6,
-            "venue: 'Journal of Things' is not a known venue name (AAAI, ACL, ACM MM, BMVC, COLING, COLM, CVPR, DAC, EACL, ECCV, EMNLP, HPCA, ICASSP, ICCV, ICLR, ICML, IJCAI, ISCA, KDD, MICRO, MLSys, NAACL, NeurIPS, SIGIR, TACL, TIP, TMLR, TPAMI, TNNLS, WACV, WWW); if it is a real venue, add it to VENUES in src/tokenkb/taxonomy.py",
+            "venue: 'Journal of Things' is not a known venue name (AAAI, ACL, ACM MM, ASPLOS, BMVC, COLING, COLM, CVPR, DAC, EACL, ECCV, EMNLP, HPCA, ICASSP, ICCV, ICDAR, ICLR, ICML, IJCAI, ISCA, ISCAS, KDD, MICRO, MLSys, NAACL, NeurIPS, SIGIR, TACL, TIP, TMLR, TPAMI, TNNLS, WACV, WWW); if it is a real venue, add it to VENUES in src/tokenkb/taxonomy.py",
         ),
     ],
     "venue-workshop-2023": [

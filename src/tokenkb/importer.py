@@ -163,13 +163,19 @@ def plan_import(
         paths[paper.id] = path
     if plan.invalid:
         return plan  # papers/ must be valid before anything is merged into it
+    cited = {
+        (s["source"], s.get("line")): r["id"] for r in records for s in r.get("sources", [])
+    }
     entries: list[Entry] = []
     for result in results:
         plan.unparsed += [(result.source, u) for u in result.unparsed]
         plan.skipped += [(result.source, u) for u in result.skipped]
         for entry in result.entries:
             reason = excluded.reason(entry)
-            if reason:
+            owner = cited.get((entry.source, entry.line))
+            if owner is not None:  # a curator may have retitled it beyond recognition
+                plan.planned.append(Planned(entry, "skip", owner, ["already imported"]))
+            elif reason:
                 plan.planned.append(Planned(entry, "skip", None, [f"excluded: {reason}"]))
             else:
                 entries.append(entry)
