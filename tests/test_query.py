@@ -66,10 +66,16 @@ def expect(kb, args: list[str], predicate, members: set[str]) -> None:  # type: 
 
 def test_modality_and_family(kb) -> None:
     expect(
-        kb, ["--modality", "vlm"], lambda r: "vlm" in r.get("modality", []), {"fastv-2024", "prumerge-2025"}
+        kb,
+        ["--modality", "vlm"],
+        lambda r: "vlm" in r.get("modality", []),
+        {"fastv-2024", "prumerge-2025"},
     )
     expect(
-        kb, ["--modality", "diffusion"], lambda r: "diffusion" in r.get("modality", []), {"tome-sd-2023"}
+        kb,
+        ["--modality", "diffusion"],
+        lambda r: "diffusion" in r.get("modality", []),
+        {"tome-sd-2023"},
     )
     expect(
         kb,
@@ -86,7 +92,9 @@ def test_modality_and_family(kb) -> None:
     expect(
         kb,
         ["--modality", "language", "--family", "prompt-compression"],
-        lambda r: "language" in r.get("modality", []) and "prompt-compression" in r.get("family", []),
+        lambda r: (
+            "language" in r.get("modality", []) and "prompt-compression" in r.get("family", [])
+        ),
         {"llmlingua-2023", "longllmlingua-2024"},
     )
 
@@ -118,7 +126,9 @@ def test_year_since_venue(kb) -> None:
         lambda r: r.get("venue") == "CVPR 2023 Workshop",
         {"tome-sd-2023"},
     )
-    expect(kb, ["--venue", "CVPR"], lambda r: r.get("venue", "").startswith("CVPR "), {"tome-sd-2023"})
+    expect(
+        kb, ["--venue", "CVPR"], lambda r: r.get("venue", "").startswith("CVPR "), {"tome-sd-2023"}
+    )
 
 
 def test_search_finds_titles_nicknames_authors(kb) -> None:

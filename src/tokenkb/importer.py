@@ -163,9 +163,7 @@ def plan_import(
         paths[paper.id] = path
     if plan.invalid:
         return plan  # papers/ must be valid before anything is merged into it
-    cited = {
-        (s["source"], s.get("line")): r["id"] for r in records for s in r.get("sources", [])
-    }
+    cited = {(s["source"], s.get("line")): r["id"] for r in records for s in r.get("sources", [])}
     entries: list[Entry] = []
     for result in results:
         plan.unparsed += [(result.source, u) for u in result.unparsed]
