@@ -319,3 +319,20 @@ def test_kb_dedupe_reports_duplicates_with_evidence(kb, base: Path) -> None:
 def test_the_real_base_has_no_duplicates(kb) -> None:
     code, out, _err = run(kb, "dedupe")
     assert code == 0, out
+
+
+def test_a_line_already_cited_is_skipped_even_after_a_curator_retitled_the_record(
+    kb, base: Path
+) -> None:
+    code, _, _ = run(kb, "--papers", str(base), "import", str(DATA / "numbered_bold.md"))
+    assert code == 0
+    path = next(p for p in base.iterdir() if "via Token Merger" in p.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace("Efficient Vision Transformer via Token Merger", "A Curated New Title"),
+        encoding="utf-8",
+    )
+    code, out, _ = run(kb, "--papers", str(base), "import", str(DATA / "numbered_bold.md"),
+                       "--dry-run", "--format", "json")  # fmt: skip
+    assert code == 0
+    assert {e["action"] for e in json.loads(out)["entries"]} == {"skip"}
