@@ -25,20 +25,20 @@ INFRASTRUCTURE = {
     "vision": {"vit", "adapter", "tokens", "macs"},
     "kv": {"base"},
     "prompt": {"scorer"},
-    "vlm": set(),
-    "projector": set(),
-    "video": set(),
-    "diffusion": set(),
+    "vlm": {"llava", "select"},
+    "projector": {"grid"},
+    "video": {"packing"},
+    "diffusion": {"dit"},
 }
 # What an algorithm module must expose, per family package.
 CONTRACT = {
     "vision": ("Config", "patch", "config_for"),
     "kv": ("Config", "make_press", "config_for"),
     "prompt": ("Config", "compress", "config_for"),
-    "vlm": ("Config", "config_for"),
-    "projector": ("Config", "config_for"),
+    "vlm": ("Config", "config_for", "patch"),
+    "projector": ("Config", "config_for", "output_tokens"),
     "video": ("Config", "config_for"),
-    "diffusion": ("Config", "config_for"),
+    "diffusion": ("Config", "config_for", "patch"),
 }
 
 
