@@ -200,7 +200,7 @@ def test_render_check_reports_stale_files_with_a_diff(kb, papers_dir: Path) -> N
 def test_build_validates_renders_and_summarises(kb, tmp_path: Path) -> None:
     papers = tmp_path / "proj" / "papers"
     shutil.copytree(PAPERS, papers)
-    result = kb("--papers", str(papers), "build")
+    result = kb("--papers", str(papers), "build", "--no-site")  # the site: tests/test_site.py
     assert result.code == 0, result.out
     records = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in PAPERS.glob("*.yaml")]
     methods = sum(r["kind"] == "method" for r in records)
@@ -208,6 +208,7 @@ def test_build_validates_renders_and_summarises(kb, tmp_path: Path) -> None:
     assert result.out.startswith(f"tokenkb: {len(records)} works, {methods} methods\n")
     assert f"kv-eviction {evicting}," in result.out
     assert (tmp_path / "proj" / "schema" / "paper.schema.json").exists()
+    assert (tmp_path / "proj" / "awesome" / "README.md").exists()
     assert "[1/2] validating" in result.err and "[2/2] rendering" in result.err
 
 

@@ -234,38 +234,62 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .problems import RecordError
     from .render import check_generated, write_generated
 
     root = _papers(args).resolve().parent
-    if args.check:
-        diffs = check_generated(root)
-        for diff in diffs:
-            sys.stdout.write(diff)
-        if diffs:
-            print(f"{len(diffs)} generated file(s) stale; run 'kb render'", file=sys.stderr)
-            return EXIT_PROBLEMS
-        print("generated files are up to date", file=sys.stderr)
-        return EXIT_OK
-    for path in write_generated(root):
+    try:
+        if args.check:
+            diffs = check_generated(root)
+            for diff in diffs:
+                sys.stdout.write(diff)
+            if diffs:
+                print(f"{len(diffs)} generated file(s) stale; run 'kb render'", file=sys.stderr)
+                return EXIT_PROBLEMS
+            print("generated files are up to date", file=sys.stderr)
+            return EXIT_OK
+        written = write_generated(root)
+    except RecordError as exc:
+        _print_problems(exc.problems, len({p.path for p in exc.problems}))
+        return EXIT_PROBLEMS
+    for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .render import write_generated
+    import time
+
+    from .render import BuildError, build_site, write_generated
     from .summary import summarize
     from .validate import validate
 
     papers = _papers(args)
-    print(f"[1/2] validating {papers} ...", file=sys.stderr)
+    root = papers.resolve().parent
+    start = time.perf_counter()
+    steps = 2 if args.no_site else 5
+
+    def progress(step: int, message: str) -> None:
+        print(f"[{step}/{steps}] {message} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+
+    progress(1, f"validating {papers}")
     report = validate([papers], keep_records=True, jobs=args.jobs)
     if report.problems:
         _print_problems(report.problems, report.files)
         return EXIT_PROBLEMS
-    print("[2/2] rendering generated files ...", file=sys.stderr)
-    for path in write_generated(papers.resolve().parent):
+    records = sorted(report.records, key=lambda r: str(r["id"]))
+    progress(2, "rendering generated files (schema, awesome/)")
+    for path in write_generated(root, records):
         print(f"      wrote {path}", file=sys.stderr)
-    sys.stdout.write(summarize(report.records))
+    if not args.no_site:
+        names = iter(range(3, 6))
+        try:
+            site = build_site(root, records, lambda message: progress(next(names), message))
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_PROBLEMS
+        print(f"      site in {site} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    sys.stdout.write(summarize(records))
     return EXIT_OK
 
 
@@ -551,9 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = add(
-        "build", cmd_build, "The main job: validate, regenerate, print a summary of the base."
+        "build",
+        cmd_build,
+        "The main job: validate, regenerate awesome/, build the site into site/, summarise.",
     )
     sub.add_argument("--jobs", type=int, metavar="N", help=jobs_help)
+    sub.add_argument(
+        "--no-site", action="store_true", help="stop after the committed generated files"
+    )
 
     sub = add("impls", cmd_impls, "List the reference implementations (reference_impls/).")
     sub.add_argument("--format", choices=("table", "json"), default="table", help="output format")

@@ -1,18 +1,30 @@
 """Generated files: what they are and where they go, as `{path: text}`; `outputs` writes them.
 
-Each generated file says it is generated. `kb render --check` compares without writing.
-Later renderers (awesome lists, site pages) add their files to `generated_files`.
+Committed generated files (`generated_files`): the record JSON Schema and the awesome lists;
+each says it is generated, and `kb render --check` compares them without writing. The site
+(`build_site`) is generated at build time: its sources go to `build/docs/` (a copy of the
+hand-written `docs/` plus the generated pages), mkdocs builds them into `site/` with `--strict`,
+and Pagefind indexes `site/`. Neither directory is committed.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .outputs import stale_files, write_files
+from .problems import RecordError
 
 SCHEMA_PATH = Path("schema/paper.schema.json")
+BUILD_DOCS = Path("build/docs")
+SITE = Path("site")
 
 
 def schema_text() -> str:
@@ -23,30 +35,121 @@ def schema_text() -> str:
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 
-def generated_files(root: Path) -> dict[Path, str]:
-    """Every generated file under the project root, with its contents."""
-    return {root / SCHEMA_PATH: schema_text()}
+def load_records(root: Path) -> list[dict[str, Any]]:
+    """The validated records of `root/papers`, or RecordError with every problem."""
+    from .validate import validate
+
+    report = validate([root / "papers"], keep_records=True)
+    if report.problems:
+        raise RecordError(report.problems)
+    return sorted(report.records, key=lambda r: str(r["id"]))
 
 
-def write_generated(root: Path) -> list[Path]:
-    return write_files(generated_files(root))
+def generated_files(root: Path, records: list[dict[str, Any]] | None = None) -> dict[Path, str]:
+    """Every committed generated file under the project root, with its contents."""
+    from .renderers.awesome import awesome_files
+
+    records = load_records(root) if records is None else records
+    return {root / SCHEMA_PATH: schema_text(), **awesome_files(root, records)}
+
+
+def write_generated(root: Path, records: list[dict[str, Any]] | None = None) -> list[Path]:
+    files = generated_files(root, records)
+    written = write_files(files)
+    # A modality with no works left has no file any more.
+    for old in sorted((root / "awesome").glob("*.md")):
+        if old not in files:
+            old.unlink()
+            written.append(old)
+    return written
 
 
 def check_generated(root: Path) -> list[str]:
     """A unified diff per stale generated file (empty when all are up to date)."""
     files = generated_files(root)
     diffs = []
-    for path in stale_files(files):
+    extra = [p for p in sorted((root / "awesome").glob("*.md")) if p not in files]
+    for path in [*stale_files(files), *extra]:
         old = path.read_text(encoding="utf-8") if path.exists() else ""
         rel = path.relative_to(root)
         diffs.append(
             "".join(
                 difflib.unified_diff(
                     old.splitlines(keepends=True),
-                    files[path].splitlines(keepends=True),
+                    files.get(path, "").splitlines(keepends=True),
                     f"a/{rel}",
                     f"b/{rel}",
                 )
             )
         )
     return diffs
+
+
+def implementations(root: Path) -> dict[str, dict[str, str]]:
+    """module -> {title, simplified, test_file} of every registered reference implementation,
+    read from the modules' `IMPL = ImplInfo(...)` without importing them (no torch needed)."""
+    from reference_impls.registry import TEST_FOLDERS  # stdlib only
+
+    found: dict[str, dict[str, str]] = {}
+    for path in sorted((root / "reference_impls").glob("*/*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "IMPL" for t in node.targets)
+                and isinstance(node.value, ast.Call)
+            ):
+                fields = {
+                    k.arg: k.value.value
+                    for k in node.value.keywords
+                    if k.arg and isinstance(k.value, ast.Constant)
+                }
+                package = path.parent.name
+                folder = TEST_FOLDERS.get(package, "")
+                test = "/".join(p for p in ("tests/impls", folder, f"test_{path.stem}.py") if p)
+                found[f"reference_impls.{package}.{path.stem}"] = {
+                    "title": str(fields.get("title", "")),
+                    "simplified": str(fields.get("simplified", "")),
+                    "test_file": test,
+                }
+    return found
+
+
+def site_sources(root: Path, records: list[dict[str, Any]]) -> Path:
+    """Write build/docs/: a fresh copy of docs/ plus the generated pages. Built in a temporary
+    folder and swapped in, so a failed render leaves the previous sources whole."""
+    from .renderers.site import site_files
+
+    target = root / BUILD_DOCS
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(root / "docs", staging)
+    for path, text in site_files(staging, records, implementations(root)).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def build_site(root: Path, records: list[dict[str, Any]], progress: Callable[[str], None]) -> Path:
+    """Render the site sources, build them with mkdocs --strict, index them with Pagefind."""
+    progress("rendering site pages")
+    site_sources(root, records)
+    progress("building the site with mkdocs --strict")
+    _run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f",
+          str(root / "mkdocs.yml")], root)  # fmt: skip
+    progress("indexing the site with Pagefind")
+    _run([sys.executable, "-m", "pagefind", "--site", str(root / SITE), "--quiet"], root)
+    return root / SITE
+
+
+class BuildError(Exception):
+    """A build step (mkdocs, Pagefind) failed; the message holds its output."""
+
+
+def _run(command: list[str], cwd: Path) -> None:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip()
+        raise BuildError(f"{' '.join(command[1:4])} failed:\n{output}")
