@@ -1,0 +1,68 @@
+"""FastV: exact counts per layer and in the cache, the ranking rule against a plain loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference_impls.llm.llama import KVCache
+from reference_impls.vlm import fastv
+
+from .common import DEPTH, PREFIX, SUFFIX, N, capture_llm, inputs, tiny_llava
+
+
+def naive_kept(attn: torch.Tensor, start: int, n: int, k: int) -> list[list[int]]:
+    """Per sample: the k image tokens with the largest head-averaged attention from the last
+    token (earlier token first among equals), in their order."""
+    B, H, T, _ = attn.shape
+    kept = []
+    for b in range(B):
+        score = [sum(float(attn[b, h, T - 1, start + j]) for h in range(H)) / H for j in range(n)]
+        ranked = sorted(range(n), key=lambda j: (-score[j], j))
+        kept.append(sorted(ranked[:k]))
+    return kept
+
+
+@pytest.mark.parametrize(("layer", "ratio", "k"), [(2, 0.5, 32), (1, 0.25, 48), (3, 0.9, 6)])
+@torch.no_grad()
+def test_counts_at_every_layer_and_in_the_cache(layer: int, ratio: float, k: int) -> None:
+    model = tiny_llava()
+    cache = KVCache()
+    with fastv.patch(model, fastv.Config(layer=layer, ratio=ratio)):
+        model.prefill(*inputs(), cache=cache)
+    assert fastv.kept_count(N, ratio) == k
+    assert model.counts.visual == [N] * layer + [k] * (DEPTH - layer)
+    assert model.counts.text == [PREFIX + SUFFIX] * DEPTH
+    full = PREFIX + N + SUFFIX
+    assert [cache.length(i) for i in range(DEPTH)] == [full] * layer + [full - N + k] * (
+        DEPTH - layer
+    )
+    assert cache.seen == full  # decoding continues at the original next position
+
+
+@torch.no_grad()
+def test_selection_equals_the_naive_rule() -> None:
+    model = tiny_llava()
+    state = capture_llm(model, 2)
+    assert state.attn is not None
+    hidden, positions, visual = fastv.FastVReducer(fastv.Config(layer=2, ratio=0.5))(state)
+    expected = naive_kept(state.attn, PREFIX, N, 32)
+    assert visual == 32
+    for b in range(2):
+        image = [p - PREFIX for p in positions[b, PREFIX : PREFIX + 32].tolist()]
+        assert image == expected[b]
+        # text tokens: all of them, unchanged, at their positions
+        assert positions[b, :PREFIX].tolist() == list(range(PREFIX))
+        assert positions[b, PREFIX + 32 :].tolist() == list(range(PREFIX + N, PREFIX + N + SUFFIX))
+        torch.testing.assert_close(hidden[b, -SUFFIX:], state.hidden[b, -SUFFIX:], rtol=0, atol=0)
+        torch.testing.assert_close(
+            hidden[b, PREFIX : PREFIX + 32], state.hidden[b, [PREFIX + j for j in expected[b]]]
+        )
+
+
+def test_config_for() -> None:
+    assert fastv.config_for(0.5) == fastv.Config(layer=2, ratio=0.5)
+    assert fastv.config_for(1.0).ratio == 0.0
+    assert fastv.config_for(0.25, depth=2).layer == 1
+    with pytest.raises(AssertionError):
+        fastv.Config(layer=0)

@@ -1,0 +1,49 @@
+"""PyramidDrop: exact stage counts, the last-instruction-token ranking against a plain loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference_impls.vlm import pyramiddrop
+from reference_impls.vlm.llava import query_attention
+
+from .common import DEPTH, PREFIX, SUFFIX, capture_llm, inputs, tiny_llava
+
+
+@pytest.mark.parametrize(
+    ("config", "visual"),
+    [
+        (pyramiddrop.Config(layers=(2, 4, 6)), [64, 64, 32, 32, 16, 16, 8, 8]),
+        (pyramiddrop.Config(layers=(1, 5), ratios=(0.3, 0.2)), [64, 19, 19, 19, 19, 12, 12, 12]),
+    ],
+)
+@torch.no_grad()
+def test_stage_counts(config: pyramiddrop.Config, visual: list[int]) -> None:
+    model = tiny_llava()
+    with pyramiddrop.patch(model, config):
+        model.prefill(*inputs())
+    assert model.counts.visual == visual
+    assert model.counts.text == [PREFIX + SUFFIX] * DEPTH
+
+
+def test_config_for() -> None:
+    assert pyramiddrop.config_for(0.125).layers == (8, 16, 24)
+    ratios = pyramiddrop.config_for(0.125).ratios
+    assert [round(r, 6) for r in ratios] == [0.5, 0.25, 0.125]
+    assert pyramiddrop.config_for(0.5, depth=DEPTH).layers == (2, 4, 6)
+
+
+@torch.no_grad()
+def test_ranking_equals_the_naive_rule() -> None:
+    model = tiny_llava()
+    state = capture_llm(model, 4)
+    hidden, positions, visual = pyramiddrop.PyramidDropReducer(0.25)(state)
+    assert visual == 16
+    row = query_attention(model, 4, state.hidden, state.positions, -1)  # checked in test_llava
+    H = row.shape[1]
+    for b in range(2):
+        score = [sum(float(row[b, h, PREFIX + j]) for h in range(H)) / H for j in range(64)]
+        kept = sorted(sorted(range(64), key=lambda j: (-score[j], j))[:16])
+        assert [p - PREFIX for p in positions[b, PREFIX : PREFIX + 16].tolist()] == kept
+        torch.testing.assert_close(hidden[b, -SUFFIX:], state.hidden[b, -SUFFIX:], rtol=0, atol=0)
