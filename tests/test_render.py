@@ -121,3 +121,27 @@ def test_kb_render_check_reports_a_stale_file(kb, tmp_path: Path) -> None:
     readme.write_text(readme.read_text(encoding="utf-8") + "hand edit\n", encoding="utf-8")
     result = kb("--papers", str(tmp_path / "papers"), "render", "--check")
     assert result.code == 1 and "-hand edit" in result.out
+
+
+def test_implementation_and_results_pages_come_from_the_registry_and_benchmarks() -> None:
+    from tokenkb.render import benchmark_results, implementations
+    from tokenkb.renderers.results import figures_for, results_files
+
+    records = load_records(ROOT)
+    impls = implementations(ROOT)
+    results = benchmark_results(ROOT)
+    files = results_files(Path("/x"), records, impls, results)
+    names = {info["name"] for info in impls.values()}
+    assert {p.stem for p in files if p.parent.name == "impls"} == names | {"index"}
+    for page in ("vision", "llm", "vlm"):
+        text = files[Path(f"/x/results/{page}.md")]
+        assert "<svg" in text and "python benchmarks/" in text, page
+    tome = files[Path("/x/impls/tome.md")]
+    assert "Token Merging: Your ViT But Faster" in tome and "results/vision.md" in tome
+    assert any("passkey" in row["figure"] for row in figures_for("snapkv", results))
+    assert any("FLOPs" in row["figure"] for row in figures_for("fastv", results))
+    # Every record that names an implementation is listed on that implementation's page.
+    for r in records:
+        if r.get("impl"):
+            name = impls[r["impl"]]["name"]
+            assert f"../papers/{r['id']}.md" in files[Path(f"/x/impls/{name}.md")], r["id"]

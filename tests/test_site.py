@@ -35,6 +35,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(ROOT / "mkdocs.yml", root / "mkdocs.yml")
     shutil.copytree(ROOT / "reference_impls", root / "reference_impls",
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(ROOT / "benchmarks" / "results", root / "benchmarks" / "results")
     build_site(root, load_records(root), lambda message: None)
     return root
 
@@ -191,3 +192,14 @@ def test_downloads_are_valid(project: Path) -> None:
     assert {r["id"] for r in rows} == {p.stem for p in (project / "papers").glob("*.yaml")}
     library = bibtexparser.parse_string((project / "site" / "papers.bib").read_text("utf-8"))
     assert not library.failed_blocks and len(library.entries) == len(rows)
+
+
+def test_implementation_and_results_pages_render(page: Page, base_url: str) -> None:
+    page.goto(f"{base_url}/impls/")
+    assert page.locator("table.sortable tbody tr").count() > 40
+    page.goto(f"{base_url}/impls/snapkv/")
+    assert page.locator("text=reference_impls.kv.snapkv").count() >= 1
+    page.goto(f"{base_url}/results/llm/")
+    assert page.locator("svg.tokenkb-chart polyline").count() >= 5
+    page.screenshot(path=str(ARTIFACTS / "results-llm.png"))
+    assert page.errors == [] and page.outside == []  # type: ignore[attr-defined]

@@ -85,12 +85,13 @@ def check_generated(root: Path) -> list[str]:
     return diffs
 
 
-def implementations(root: Path) -> dict[str, dict[str, str]]:
-    """module -> {title, simplified, test_file} of every registered reference implementation,
-    read from the modules' `IMPL = ImplInfo(...)` without importing them (no torch needed)."""
+def implementations(root: Path) -> dict[str, dict[str, Any]]:
+    """module -> what its `IMPL = ImplInfo(...)` says (name, title, papers, family,
+    training_free, arxiv, simplified), its docstring and its test file, for every registered
+    reference implementation, read with `ast` without importing it (no torch needed)."""
     from reference_impls.registry import TEST_FOLDERS  # stdlib only
 
-    found: dict[str, dict[str, str]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for path in sorted((root / "reference_impls").glob("*/*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
@@ -99,20 +100,41 @@ def implementations(root: Path) -> dict[str, dict[str, str]]:
                 and any(isinstance(t, ast.Name) and t.id == "IMPL" for t in node.targets)
                 and isinstance(node.value, ast.Call)
             ):
-                fields = {
-                    k.arg: k.value.value
-                    for k in node.value.keywords
-                    if k.arg and isinstance(k.value, ast.Constant)
-                }
+                fields: dict[str, Any] = {}
+                for keyword in node.value.keywords:
+                    if keyword.arg:
+                        try:
+                            fields[keyword.arg] = ast.literal_eval(keyword.value)
+                        except ValueError:
+                            continue
                 package = path.parent.name
                 folder = TEST_FOLDERS.get(package, "")
                 test = "/".join(p for p in ("tests/impls", folder, f"test_{path.stem}.py") if p)
                 found[f"reference_impls.{package}.{path.stem}"] = {
+                    "name": str(fields.get("name", path.stem)),
                     "title": str(fields.get("title", "")),
+                    "papers": list(fields.get("papers", ())),
+                    "family": str(fields.get("family", "")),
+                    "training_free": fields.get("training_free"),
+                    "arxiv": fields.get("arxiv"),
                     "simplified": str(fields.get("simplified", "")),
+                    "doc": ast.get_docstring(tree) or "",
+                    "package": package,
+                    "path": f"reference_impls/{package}/{path.name}",
                     "test_file": test,
                 }
     return found
+
+
+def benchmark_results(root: Path) -> dict[str, Any]:
+    """The committed benchmark JSON files, by name (vision, llm, vlm, ...)."""
+    results: dict[str, Any] = {}
+    for path in sorted((root / "benchmarks" / "results").glob("*.json")):
+        try:
+            results[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+    return results
 
 
 def site_sources(root: Path, records: list[dict[str, Any]]) -> Path:
@@ -124,7 +146,8 @@ def site_sources(root: Path, records: list[dict[str, Any]]) -> Path:
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(root / "docs", staging)
-    for path, text in site_files(staging, records, implementations(root)).items():
+    files = site_files(staging, records, implementations(root), benchmark_results(root))
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)

@@ -128,8 +128,17 @@ def json_export(records: list[dict[str, Any]]) -> str:
     return json.dumps(rows, ensure_ascii=False, indent=1) + "\n"
 
 
-def site_files(out: Path, records: list[dict[str, Any]], impls: dict[str, Any]) -> dict[Path, str]:
-    """`{path: text}` of every generated site source under `out` (build/docs)."""
+def site_files(
+    out: Path,
+    records: list[dict[str, Any]],
+    impls: dict[str, Any],
+    results: dict[str, Any] | None = None,
+) -> dict[Path, str]:
+    """`{path: text}` of every generated site source under `out` (build/docs): the home page,
+    browse pages, a page per work, downloads, and (with `impls` and `results`) the pages of the
+    reference implementations and the benchmark results."""
+    from .results import results_files
+
     env = environment()
     records = sort_newest_first(records)
     methods = [r for r in records if r["kind"] == "method"]
@@ -166,6 +175,7 @@ def site_files(out: Path, records: list[dict[str, Any]], impls: dict[str, Any]) 
             impl_name=r["impl"].rsplit(".", 1)[1] if r.get("impl") else None,
             html=escape,
         )
+    files.update(results_files(out, records, impls, results or {}))
     files[out / "papers.json"] = json_export(records)
     files[out / "papers.bib"] = bibliography(records)
     return files
