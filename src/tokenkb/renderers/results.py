@@ -233,10 +233,10 @@ def results_files(
         )
     files[out / "impls" / "index.md"] = env.get_template("site_impls.md").render(rows=rows)
     figures = {"vision": vision_figures, "llm": llm_figures, "vlm": vlm_figures}
-    for page, make in figures.items():
-        if page in results:
-            template = env.get_template(f"site_results_{page}.md")
-            files[out / "results" / f"{page}.md"] = template.render(
-                r=results[page], fig=make(results[page]), command=_command(results[page], page)
+    for bench, make in figures.items():
+        if bench in results:
+            template = env.get_template(f"site_results_{bench}.md")
+            files[out / "results" / f"{bench}.md"] = template.render(
+                r=results[bench], fig=make(results[bench]), command=_command(results[bench], bench)
             )
     return files
