@@ -22,6 +22,7 @@ FAMILY_PACKAGES = (
     "reference_impls.projector",
     "reference_impls.video",
     "reference_impls.diffusion",
+    "reference_impls.text",
 )
 # Where each package's tests live: tests/impls/<folder>/test_<name>.py ("" is tests/impls/).
 TEST_FOLDERS = {
@@ -32,6 +33,7 @@ TEST_FOLDERS = {
     "projector": "vlm",
     "video": "video",
     "diffusion": "video",
+    "text": "text",
 }
 
 
@@ -74,6 +76,54 @@ def kv_config_for(module: Any, keep: float, head_dim: int) -> Any:
     if "head_dim" in inspect.signature(fn).parameters:
         return fn(keep, head_dim=head_dim)
     return fn(keep)
+
+
+# The canonical algorithm of each family: what a method's record links at impl_level "family"
+# when its own algorithm has no module yet. Per family, by the record's first modality ("*" for
+# any other); a family keyed "*-trained" / "*-free" splits by training-freeness. Families with no
+# token-level algorithm of their own (hardware, other) have none: a hardware record uses its
+# second family. The test in tests/impls/test_registry.py keeps records and this table in step.
+CANONICAL: dict[str, dict[str, str]] = {
+    "pruning": {
+        "vlm": "reference_impls.vlm.fastv",
+        "language": "reference_impls.text.power_bert",
+        "*-free": "reference_impls.vision.zero_tprune",
+        "*-trained": "reference_impls.vision.dynamicvit",
+    },
+    "merging": {
+        "diffusion": "reference_impls.diffusion.tome_sd",
+        "*": "reference_impls.vision.tome",
+    },
+    "prune-merge": {"vlm": "reference_impls.vlm.prumerge", "*": "reference_impls.vision.evit"},
+    "clustering": {"*": "reference_impls.vision.atc"},
+    "learned-compression": {
+        "vlm": "reference_impls.projector.resampler",
+        "*": "reference_impls.vision.tokenlearner",
+    },
+    "kv-eviction": {"*": "reference_impls.kv.h2o"},
+    "kv-quantization": {"*": "reference_impls.kv.kivi"},
+    "kv-merging": {"*": "reference_impls.kv.minicache"},
+    "prompt-compression": {"*": "reference_impls.prompt.llmlingua"},
+    "token-skipping": {"*": "reference_impls.text.mod"},
+}
+
+
+def canonical_impl(
+    families: list[str], modalities: list[str], training_free: bool | None
+) -> str | None:
+    """The module a method links at family level: its first family that has a canonical
+    algorithm, chosen by its first modality (and training-freeness where that splits)."""
+    modality = modalities[0] if modalities else "*"
+    for family in families:
+        table = CANONICAL.get(family)
+        if table is None:
+            continue
+        if modality in table:
+            return table[modality]
+        if "*" in table:
+            return table["*"]
+        return table["*-free" if training_free else "*-trained"]
+    return None
 
 
 def discover() -> list[ImplInfo]:

@@ -29,6 +29,7 @@ INFRASTRUCTURE = {
     "projector": {"grid"},
     "video": {"packing"},
     "diffusion": {"dit"},
+    "text": {"encoder"},
 }
 # What an algorithm module must expose, per family package.
 CONTRACT = {
@@ -39,6 +40,7 @@ CONTRACT = {
     "projector": ("Config", "config_for", "output_tokens"),
     "video": ("Config", "config_for"),
     "diffusion": ("Config", "config_for", "patch"),
+    "text": ("Config", "config_for", "patch"),
 }
 
 
@@ -187,4 +189,35 @@ def test_records_and_registry_link_both_ways() -> None:
             record = load_record(PAPERS / f"{paper}.yaml")
             assert record.impl == impl.module and record.impl_level == "paper", (
                 f"{paper}.yaml should have impl: {impl.module} and impl_level: paper"
+            )
+
+
+def test_canonical_family_modules_exist_and_match_their_family() -> None:
+    modules = {impl.module: impl for impl in IMPLS}
+    for family, table in registry.CANONICAL.items():
+        assert family in {f.value for f in Family}
+        for module in table.values():
+            assert module in modules, f"CANONICAL[{family!r}] names {module}, not registered"
+            assert modules[module].family == family, (module, modules[module].family, family)
+
+
+def test_every_method_links_an_implementation() -> None:
+    """A method links its own algorithm (paper) or its family's canonical one (family); only
+    methods whose families have no token-level algorithm of their own may link none."""
+    modules = {impl.module: impl for impl in IMPLS}
+    for path in sorted(PAPERS.glob("*.yaml")):
+        record = load_record(path)
+        if record.kind.value != "method":
+            continue
+        families = [f.value for f in record.family]
+        modalities = [m.value for m in record.modality]
+        canonical = registry.canonical_impl(families, modalities, record.training_free)
+        if record.impl is None:
+            assert canonical is None, (
+                f"{path}: no implementation; link the family's canonical one: "
+                f"impl: {canonical} and impl_level: family"
+            )
+        elif record.impl_level is not None and record.impl_level.value == "family":
+            assert modules[record.impl].family in families, (
+                f"{path}: family-level impl {record.impl} is not of the record's families"
             )
