@@ -91,3 +91,18 @@ def capture_llm(model: Llava, layer: int, batch: int = 2) -> LlmState:
     with attach(model, llm={layer: spy}):
         model.prefill(*inputs(batch))
     return seen[0]
+
+
+def fit(model: nn.Module, x: Tensor, target: Tensor, lr: float, steps: int = 60) -> list[float]:
+    """Adam on a fixed batch with an MSE loss; the loss after each step (projector tests)."""
+    import torch.nn.functional as F
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = F.mse_loss(model(x), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses

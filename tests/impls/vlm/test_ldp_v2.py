@@ -10,6 +10,7 @@ from reference_impls.projector import ldp_v2
 from reference_impls.projector.ldp_v2 import Config, LDPv2
 
 from ..common import device_param
+from .common import fit
 
 
 def _features(B: int = 2, side: int = 8, C: int = 6, seed: int = 0) -> torch.Tensor:
@@ -96,12 +97,5 @@ def test_training_fits_a_pooled_linear_target() -> None:
     x = _features(B=8, C=8)
     target = F.avg_pool2d(x.transpose(1, 2).reshape(8, 8, 8, 8), 2).flatten(2).transpose(1, 2)
     target = target @ torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-2)
-    losses = []
-    for _ in range(60):
-        loss = F.mse_loss(model(x), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit(model, x, target, lr=3e-2)
     assert losses[-1] < losses[0] / 5, losses[::10]

@@ -14,6 +14,7 @@ from reference_impls.projector import resampler
 from reference_impls.projector.resampler import Config, QFormerResampler
 
 from ..common import device_param
+from .common import fit
 
 SMALL = Config(in_dim=6, out_dim=7, num_queries=5, width=8, depth=3, heads=2, mlp_ratio=2.0)
 
@@ -123,12 +124,5 @@ def test_training_fits_a_global_target() -> None:
     x = _features(B=8, N=16, C=8)
     weight = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
     target = (x.mean(1, keepdim=True) @ weight * 4).expand(8, 4, 8)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(60):
-        loss = F.mse_loss(model(x), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit(model, x, target, lr=1e-2)
     assert losses[-1] < losses[0] / 5, losses[::10]
