@@ -5,9 +5,10 @@
 
 Options: `--prompts 6` (passkey and needle prompts each), `--budgets 0.25 0.5 0.75`,
 `--filler 24` (filler sentences around each pass key or needle: 24 gives ~300-token prompts),
-`--only NAME ...`, `--threads N`. Every registered KV method (`reference_impls.kv`) and prompt
-compressor (`reference_impls.prompt`) is covered through its module contract only; a method that
-fails is reported with its error and the others still run.
+`--only NAME ...`, `--threads N`, `--windows 32 16` (each observation window for the methods
+that have one, reported as `snapkv@w32`, ...). Every registered KV method
+(`reference_impls.kv`) and prompt compressor (`reference_impls.prompt`) is covered through its
+module contract only; a method that fails is reported with its error and the others still run.
 
 KV methods, at each budget (share of the prompt's KV entries kept, `config_for(budget)`), and the
 full cache for reference:
@@ -29,6 +30,7 @@ This is a script, not library code: it prints. About 10-15 minutes on 2 CPU core
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import json
@@ -181,7 +183,12 @@ def run_kv(
 
 
 def kv_section(
-    model: Llama, tokenizer: Any, impls: list[ImplInfo], budgets: list[float], n: int
+    model: Llama,
+    tokenizer: Any,
+    impls: list[ImplInfo],
+    budgets: list[float],
+    n: int,
+    windows: list[int] | None = None,
 ) -> dict[str, Any]:
     prompts = {
         "passkey": passkey_prompts(tokenizer, n),
@@ -192,20 +199,26 @@ def kv_section(
     methods: dict[str, Any] = {}
     for impl in impls:
         module = importlib.import_module(impl.module)
-        methods[impl.name] = {
-            "family": impl.family,
-            "budgets": {
-                str(b): guarded(
-                    lambda m=module, b=b: run_kv(
-                        model,
-                        tokenizer,
-                        lambda: m.make_press(kv_config_for(m, b, model.config.head_dim)),
-                        prompts,
+        has_window = "window" in getattr(module.Config, "__dataclass_fields__", {})
+        for window in (windows or [None]) if has_window else [None]:
+            name = impl.name if window is None else f"{impl.name}@w{window}"
+
+            def config(m: Any, b: float, w: int | None = window) -> Any:
+                base = kv_config_for(m, b, model.config.head_dim)
+                return base if w is None else dataclasses.replace(base, window=w)
+
+            methods[name] = {
+                "family": impl.family,
+                "window": window,
+                "budgets": {
+                    str(b): guarded(
+                        lambda m=module, b=b, c=config: run_kv(
+                            model, tokenizer, lambda: m.make_press(c(m, b)), prompts
+                        )
                     )
-                )
-                for b in budgets
-            },
-        }
+                    for b in budgets
+                },
+            }
     for result in methods.values():
         for point in result["budgets"].values():
             if "kv_bytes" in point:
@@ -277,6 +290,12 @@ def main() -> None:
     parser.add_argument(
         "--filler", type=int, default=FILLER_SENTENCES, help="filler sentences per KV prompt"
     )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        nargs="+",
+        help="observation windows to try for methods that have one (SnapKV, PyramidKV)",
+    )
     args = parser.parse_args()
     FILLER_SENTENCES = args.filler
     if args.threads:
@@ -294,7 +313,9 @@ def main() -> None:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
-        "kv": guarded(lambda: kv_section(model, tokenizer, kv, args.budgets, args.prompts)),
+        "kv": guarded(
+            lambda: kv_section(model, tokenizer, kv, args.budgets, args.prompts, args.windows)
+        ),
         "prompt": guarded(
             lambda: prompt_section(model, tokenizer, prompt, args.budgets, args.prompts)
         ),

@@ -235,8 +235,17 @@ def results_files(
     figures = {"vision": vision_figures, "llm": llm_figures, "vlm": vlm_figures}
     for bench, make in figures.items():
         if bench in results:
+            # Focused runs of the same benchmark (llm_snapkv_long.json, ...) are listed after it.
+            extra = {
+                name: data
+                for name, data in sorted(results.items())
+                if name.startswith(bench + "_") and isinstance(data, dict)
+            }
             template = env.get_template(f"site_results_{bench}.md")
             files[out / "results" / f"{bench}.md"] = template.render(
-                r=results[bench], fig=make(results[bench]), command=_command(results[bench], bench)
+                r=results[bench],
+                fig=make(results[bench]),
+                command=_command(results[bench], bench),
+                extra=extra,
             )
     return files
