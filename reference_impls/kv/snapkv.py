@@ -26,6 +26,12 @@ at least half of the kept entries are chosen by score: `w = max(1, min(window, (
 2))`. Short prompts and small budgets thus get a shorter window (the official code requires the
 budget to exceed the window and does not compress prompts shorter than the budget).
 
+The window should hold the question, not context: the official 32 suits LongBench's long
+prompts and instruction tails. On our ~930-token passkey prompts, whose question and chat
+template take about 16 tokens, a 32-token window also votes with the filler before the question
+and finds the pass key less often than a 16-token one (`benchmarks/llm.py --windows 32 16`;
+results in benchmarks/results/llm_snapkv_window.json).
+
 Simplified: grouped-query attention: the official code repeats the KV heads so that each query
 head keeps its own entries (a larger cache); here the cache stays per KV head and the pooled votes
 are averaged over the group, as NVIDIA/kvpress does. The budget is a share of the prompt
