@@ -86,7 +86,8 @@ def awesome_files(root: Path, records: list[dict[str, Any]]) -> dict[Path, str]:
         methods=len(methods),
         training_free=sum(1 for r in methods if r.get("training_free")),
         with_code=sum(1 for r in records if r.get("code")),
-        with_impl=sum(1 for r in methods if r.get("impl")),
+        with_impl=sum(1 for r in methods if r.get("impl_level") == "paper"),
+        with_family_impl=sum(1 for r in methods if r.get("impl_level") == "family"),
         modalities=_counts(records, "modality", MODALITY_ORDER),
         families=_counts(records, "family", FAMILY_ORDER),
         files=[(name, MODALITY_TITLES.get(name, "Not yet classified"), len(g))

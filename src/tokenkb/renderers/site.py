@@ -147,7 +147,8 @@ def site_files(
         total=len(records),
         methods=len(methods),
         training_free=sum(1 for r in methods if r.get("training_free")),
-        with_impl=sum(1 for r in methods if r.get("impl")),
+        with_impl=sum(1 for r in methods if r.get("impl_level") == "paper"),
+        with_family_impl=sum(1 for r in methods if r.get("impl_level") == "family"),
         with_code=sum(1 for r in records if r.get("code")),
         modalities=[
             (m, MODALITY_TITLES[m], sum(1 for r in records if m in r["modality"]))
