@@ -105,13 +105,18 @@ class H2OPress:
         keys, values = ctx.keys.gather(2, expanded), ctx.values.gather(2, expanded)
         return keys, values, scores.gather(2, index)
 
+    def step_scores(self, ctx: PressContext) -> Tensor:
+        """This step's score of every cached entry `(B, H_kv, T)`, added to the running total:
+        the attention it received (subclasses score differently, e.g. VATP)."""
+        return accumulated_attention(ctx.attn, ctx.config.kv_heads)
+
     def prefill(self, ctx: PressContext) -> tuple[Tensor, Tensor]:
         T = ctx.keys.shape[2]
         n = self.config.budget.tokens(T)
         if n >= T:
             self.state[ctx.layer] = None
             return ctx.keys, ctx.values
-        scores = accumulated_attention(ctx.attn, ctx.config.kv_heads)  # (B, H_kv, T)
+        scores = self.step_scores(ctx)  # (B, H_kv, T)
         recent = recent_count(n, self.config.heavy, self.config.budget)
         keys, values, scores = self._evict(ctx, scores, n, recent)
         self.state[ctx.layer] = (n, recent, scores)
@@ -125,7 +130,7 @@ class H2OPress:
         new = ctx.keys.shape[2] - scores.shape[2]
         # (B, H_kv, T): the new entries start from zero
         scores = torch.cat([scores, scores.new_zeros(*scores.shape[:2], new)], dim=2)
-        scores = scores + accumulated_attention(ctx.attn, ctx.config.kv_heads).to(scores.dtype)
+        scores = scores + self.step_scores(ctx).to(scores.dtype)
         keys, values = ctx.keys, ctx.values
         if keys.shape[2] > n:
             keys, values, scores = self._evict(ctx, scores, n, recent)

@@ -38,14 +38,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from ..llm.llama import PressContext
 from ..registry import ImplInfo
 from .base import Budget
 from .h2o import Config as H2OConfig
-from .h2o import H2OPress, accumulated_attention, recent_count
+from .h2o import H2OPress, accumulated_attention
 
 IMPL = ImplInfo(
     name="vatp",
@@ -97,32 +96,8 @@ class VATPPress(H2OPress):
         super().__init__(H2OConfig(config.budget, config.heavy))
         self.vatp = config
 
-    def prefill(self, ctx: PressContext) -> tuple[Tensor, Tensor]:
-        T = ctx.keys.shape[2]
-        n = self.config.budget.tokens(T)
-        if n >= T:
-            self.state[ctx.layer] = None
-            return ctx.keys, ctx.values
-        scores = value_aware_scores(ctx.attn, ctx.values)  # (B, H_kv, T)
-        recent = recent_count(n, self.config.heavy, self.config.budget)
-        keys, values, scores = self._evict(ctx, scores, n, recent)
-        self.state[ctx.layer] = (n, recent, scores)
-        return keys, values
-
-    def decode(self, ctx: PressContext) -> tuple[Tensor, Tensor]:
-        state = self.state.get(ctx.layer)
-        if state is None:
-            return ctx.keys, ctx.values
-        n, recent, scores = state
-        new = ctx.keys.shape[2] - scores.shape[2]
-        # (B, H_kv, T): the new entries start from zero
-        scores = torch.cat([scores, scores.new_zeros(*scores.shape[:2], new)], dim=2)
-        scores = scores + value_aware_scores(ctx.attn, ctx.values).to(scores.dtype)
-        keys, values = ctx.keys, ctx.values
-        if keys.shape[2] > n:
-            keys, values, scores = self._evict(ctx, scores, n, recent)
-        self.state[ctx.layer] = (n, recent, scores)
-        return keys, values
+    def step_scores(self, ctx: PressContext) -> Tensor:
+        return value_aware_scores(ctx.attn, ctx.values)  # (B, H_kv, T)
 
 
 def make_press(config: Config = Config()) -> VATPPress:
