@@ -39,6 +39,8 @@ from typing import Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from ..vision.vit import Mlp  # the same two-layer GELU MLP
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -112,17 +114,6 @@ class Attention(nn.Module):
         attn = scores.softmax(dim=-1)  # (B, H, N, N)
         out = (attn @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj(out), attn
-
-
-class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
