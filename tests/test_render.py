@@ -16,8 +16,8 @@ import pytest
 from pybtex.database import parse_string
 
 from tokenkb.bibtex import bibliography
+from tokenkb.formats import md_escape
 from tokenkb.render import check_generated, generated_files, load_records
-from tokenkb.renderers import escape_md
 from tokenkb.renderers.awesome import MAX_BYTES, awesome_files
 from tokenkb.renderers.site import chart_svg, site_files
 
@@ -77,10 +77,10 @@ def test_hostile_text_is_escaped_in_bibtex(records: list[dict]) -> None:
     assert "hostile-2024" in parsed.entries
 
 
-def test_escape_md_is_literal() -> None:
-    assert escape_md("a|b") == "a\\|b"
-    assert escape_md("<x>") == "&lt;x&gt;"
-    assert escape_md("[t](u)") == "\\[t\\]\\(u\\)"
+def test_md_escape_is_literal() -> None:
+    assert md_escape("a|b") == "a\\|b"
+    assert md_escape("<x>") == "&lt;x&gt;"
+    assert md_escape("[t](u)") == "\\[t\\]\\(u\\)"
 
 
 def test_chart_is_an_svg_with_one_bar_segment_per_year_and_family(records: list[dict]) -> None:
@@ -105,7 +105,7 @@ def test_every_record_is_in_the_awesome_lists_once_per_modality() -> None:
     for r in records:
         for modality in r["modality"] or ["unclassified"]:
             text = files[ROOT / "awesome" / f"{modality}.md"]
-            assert text.count(escape_md(r["title"])) >= 1, (r["id"], modality)
+            assert text.count(md_escape(r["title"])) >= 1, (r["id"], modality)
 
 
 def test_kb_render_check_passes_on_the_repository() -> None:

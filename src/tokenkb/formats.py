@@ -53,13 +53,16 @@ def to_bibtex(records: list[dict[str, Any]]) -> str:
     return bibliography(records)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~<>])")
 
 
 def md_escape(text: str) -> str:
-    """Text that Markdown shows literally: specials backslash-escaped, HTML neutralised."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(r"\\\1", text).replace("&gt;", "&gt;")
+    """Text that Markdown shows literally, also inside a table cell: specials backslash-escaped,
+    `<` and `>` (and so HTML) as entities. The awesome lists and site pages use it too."""
+    text = text.replace("&", "&amp;")
+    return _MD_SPECIAL.sub(
+        lambda m: {"<": "&lt;", ">": "&gt;"}.get(m.group(1), "\\" + m.group(1)), text
+    )
 
 
 def to_md(records: list[dict[str, Any]]) -> str:

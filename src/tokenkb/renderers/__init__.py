@@ -2,29 +2,19 @@
 sources (generated at build time into `build/docs/`). Nothing here writes files: callers get
 `{path: text}` and hand it to `outputs`.
 
-All text that comes from a record is escaped for the format it lands in (`escape_md`,
-`escape_cell`, jinja2 autoescaping for HTML), so a title with `<script>`, `|`, `](` or backticks
+All text that comes from a record is escaped for the format it lands in (`formats.md_escape`,
+jinja2 autoescaping for HTML), so a title with `<script>`, `|`, `](` or backticks
 shows literally everywhere.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jinja2
 
+from ..formats import md_escape
 from ..taxonomy import MEANINGS, Family, Modality
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~<>])")
-
-
-def escape_md(text: str) -> str:
-    """Markdown that shows `text` literally (also inside a table cell)."""
-    text = text.replace("&", "&amp;")
-    return _MD_SPECIAL.sub(
-        lambda m: {"<": "&lt;", ">": "&gt;"}.get(m.group(1), "\\" + m.group(1)), text
-    )
 
 
 def url(text: str) -> str:
@@ -41,7 +31,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["md"] = escape_md
+    env.filters["md"] = md_escape
     env.filters["url"] = url
     return env
 
