@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tokenkb.cli import main
+
+# Property tests are derandomised: every run tries the same examples, so CI gives the same result
+# each time (a crash found once is kept as an `@example` beside its test). Set
+# HYPOTHESIS_PROFILE=explore to search with fresh random examples locally.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPERS = ROOT / "papers"

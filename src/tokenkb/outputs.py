@@ -9,10 +9,50 @@ as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+LOCK_NAME = ".kb.lock"
+
+
+class LockTimeout(Exception):
+    """Another process held the lock for longer than we were willing to wait."""
+
+
+@contextlib.contextmanager
+def locked(directory: Path, timeout: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `directory` (its `.kb.lock` file) for the block.
+
+    Every command that writes records (import, new, enrich, fmt) plans *and* writes under this
+    lock, so two concurrent runs cannot both decide to create the same file: the second waits,
+    then plans against what the first wrote. Readers do not lock (writes are atomic renames).
+    Raises LockTimeout after `timeout` seconds, and OSError when the lock file cannot be made
+    (a read-only directory).
+    """
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"{directory}: another kb command has been writing here for "
+                        f"{timeout:.0f} s; try again when it has finished"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def write_text_atomic(path: Path, text: str) -> None:

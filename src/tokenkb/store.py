@@ -73,6 +73,11 @@ def read_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise RecordError([Problem(name, 1, f"cannot read file: {exc.strerror}")]) from None
+    return decode_text(data, name)
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """The text of a record file's bytes, or RecordError for size, encoding and indentation."""
     if len(data) > MAX_BYTES:  # the file grew between stat and read
         raise RecordError(
             [Problem(name, 1, f"file is over {MAX_BYTES} bytes; a record must be smaller")]
@@ -117,6 +122,15 @@ def read_text(path: Path) -> str:
             ]
         )
     return text
+
+
+def check_record_text(text: str, path: Path) -> Paper:
+    """The record `text` would be once written to `path`, checked exactly as `kb validate` will
+    check the file (size, encoding, YAML, schema); RecordError otherwise. Every writer of records
+    (import, new, enrich, fmt) calls this before writing, so nothing writes a file that
+    validation then rejects."""
+    name = str(path)
+    return parse_record(decode_text(text.encode("utf-8"), name), name, stem=path.stem)[0]
 
 
 def parse_yaml(text: str, name: str) -> ParsedYaml:
