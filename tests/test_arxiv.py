@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from time import monotonic as _monotonic
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -25,6 +26,7 @@ import pytest
 import tokenkb.cli
 from tokenkb.model import Paper
 from tokenkb.scaffold import (
+    Applied,
     ScaffoldError,
     StoredRecord,
     apply_changes,
@@ -44,12 +46,13 @@ from tokenkb.sources.arxiv import (
     ArxivResponseError,
     ArxivUnreachable,
     ClientConfig,
+    Deadline,
     InvalidArxivId,
     RateLimiter,
     Response,
+    http_transport,
     parse_arxiv_id,
     parse_feed,
-    urllib_transport,
 )
 from tokenkb.store import dump_record, parse_record
 
@@ -105,8 +108,8 @@ class FakeTransport:
         self.answers = list(answers)
         self.calls: list[tuple[float, str, float]] = []
 
-    def __call__(self, url: str, timeout: float) -> Response:
-        self.calls.append((self.time.now, url, timeout))
+    def __call__(self, url: str, deadline: Deadline) -> Response:
+        self.calls.append((self.time.now, url, deadline.timeout()))
         assert self.answers, f"unexpected request {url}"
         answer = self.answers.pop(0)
         if isinstance(answer, BaseException):
@@ -514,17 +517,26 @@ def local_server() -> Iterator[str]:
         server.server_close()
 
 
-def test_urllib_transport_gives_status_body_and_retry_after(local_server: str) -> None:
-    assert urllib_transport(f"{local_server}/api/query?id_list=2210.09461", 5.0) == ok(TOME)
-    assert urllib_transport(f"{local_server}/busy", 5.0) == Response(503, b"try later", 7.0)
+def fetched(response: Response) -> tuple[int, bytes, float | None]:
+    """A streamed response as (status, body, Retry-After), read to the end."""
+    body = response.body if isinstance(response.body, bytes) else b"".join(response.body)
+    return response.status, body, response.retry_after
 
 
-def test_urllib_transport_refused_connection_is_unreachable() -> None:
+def test_http_transport_gives_status_body_and_retry_after(local_server: str) -> None:
+    deadline = Deadline(_monotonic() + 5.0, 5.0)
+    answer = http_transport(f"{local_server}/api/query?id_list=2210.09461", deadline)
+    assert fetched(answer) == (200, TOME.read_bytes(), None)
+    assert answer.length == len(TOME.read_bytes())
+    assert fetched(http_transport(f"{local_server}/busy", deadline)) == (503, b"try later", 7.0)
+
+
+def test_http_transport_refused_connection_is_unreachable() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = ClientConfig(url=f"http://127.0.0.1:{port}/api/query", retries=0)
-    client = ArxivClient(urllib_transport, config=config)
+    client = ArxivClient(http_transport, config=config)
     with pytest.raises(ArxivUnreachable) as error:
         client.fetch("2210.09461")
     assert str(error.value).startswith("cannot reach export.arxiv.org: Connection refused")
@@ -577,8 +589,9 @@ def test_new_record_is_written_atomically(
 
     with monkeypatch.context() as patch:
         patch.setattr(os, "replace", fail)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(ScaffoldError) as error:
             write_new_record(path, text)
+    assert str(error.value) == f"{path}: cannot write: disk full"
     assert list(papers_dir.iterdir()) == []  # neither the record nor a temporary file
     write_new_record(path, text)
     assert path.read_bytes() == text.encode()
@@ -708,7 +721,7 @@ def test_enrich_fills_only_empty_fields(papers_dir: Path) -> None:
     assert after.model_dump(exclude=unchanged) == gappy.model_dump(exclude=unchanged)
     assert after.sources[:-1] == gappy.sources
     assert record.path.read_text() == change.old_text  # planning writes nothing
-    assert apply_changes(plan.changes) == [record.path]
+    assert apply_changes(plan.changes) == Applied(written=[change])
     assert record.path.read_text() == change.new_text
 
 
@@ -803,8 +816,11 @@ def test_apply_changes_refuses_a_file_changed_since_read(papers_dir: Path) -> No
     record = store(papers_dir, repo_record("tome-2023.yaml").model_copy(update={"paper": None}))
     plan = enrich([record], replaying_client()[0])
     record.path.write_text(record.text + "# edited meanwhile\n")
-    with pytest.raises(ScaffoldError, match="changed since it was read; nothing written"):
-        apply_changes(plan.changes)
+    applied = apply_changes(plan.changes)
+    assert (applied.written, applied.error) == ([], None)
+    assert [str(p) for p in applied.skipped] == [
+        f"{record.path}:1: changed since kb enrich read it, so paper were not filled; run kb enrich again"
+    ]
     assert record.path.read_text().endswith("# edited meanwhile\n")
 
 
@@ -833,7 +849,7 @@ class ScriptedArxiv:
         self.answers: list[Answer] = []
         self.calls: list[str] = []
 
-    def __call__(self, url: str, timeout: float) -> Response:
+    def __call__(self, url: str, deadline: Deadline) -> Response:
         self.calls.append(url)
         answer = self.answers.pop(0) if self.answers else replay
         if isinstance(answer, BaseException):

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from tokenkb import importer
-from tokenkb.dedupe import Item, find_duplicates, normalize_title
+from tokenkb.dedupe import Item, find_duplicates
 from tokenkb.sources.links import read_link, repair
 from tokenkb.store import load_record, record_paths
+from tokenkb.titles import title_key
 
 from .conftest import PAPERS
 
@@ -206,8 +207,8 @@ def test_same_id_different_title_and_same_title_different_id_are_conflicts() -> 
     assert all(len(g) == 1 for g in result.groups)
 
 
-def test_normalize_title_folds_case_accents_and_parentheticals() -> None:
-    assert normalize_title("Token Merging (ToMe): Your ViT—But Fàster!") == (
+def test_title_key_folds_case_accents_and_parentheticals() -> None:
+    assert title_key("Token Merging (ToMe): Your ViT—But Fàster!") == (
         "token merging your vit but faster"
     )
 

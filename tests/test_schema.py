@@ -128,6 +128,11 @@ def test_every_record_satisfies_the_json_schema() -> None:
         "survey-training-free-2023",
         "missing-title-2023",
         "venue-workshop-2023",
+        "url-char-2023",
+        "code-quote-2023",
+        "doi-angle-2023",
+        "title-bidi-2023",
+        "title-too-long-2023",
     ],
 )
 def test_json_schema_rejects_what_an_editor_should_flag(name: str) -> None:

@@ -7,12 +7,13 @@ produce a different message, a different line, or an extra problem fails here.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tokenkb import store
+from tokenkb import model, store
 from tokenkb.validate import validate
 
 from .conftest import DATA, PAPERS
@@ -43,6 +44,12 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
         (
             13,
             "arxiv: '2301.0001' is not an arXiv id: ids from 2015 on have 5 digits after the dot, earlier ones 4",
+        ),
+    ],
+    "arxiv-impossible-2023": [
+        (
+            13,
+            "arxiv: '9912.12345' is not an arXiv id yet: it would be from December 2099, after this month (June 2026); a paper from 1999 has an id such as 'hep-th/9912001' (archive/YYMMNNN)",
         ),
     ],
     "arxiv-unquoted-2023": [
@@ -93,11 +100,32 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
             "code: 'https://github.com/youweiliang/evit?tab=readme-ov-file' is not a GitHub repository URL of the form 'https://github.com/<owner>/<repo>' (no query, fragment, '.git' or trailing slash); did you mean 'https://github.com/youweiliang/evit'?",
         ),
     ],
+    "code-quote-2023": [
+        (
+            14,
+            "code: \"https://github.com/owner/repo/tree/main/x'onmouseover=alert(1)\" contains \"'\", which a link cannot hold as it is; percent-encode it as %27 (write 'https://github.com/owner/repo/tree/main/x%27onmouseover=alert(1)')",
+        ),
+    ],
     "complex-key-2023": [
         (14, "a list or mapping cannot be a key; keys are field names"),
     ],
+    "control-char-2023": [
+        (7, "control character U+0001 at column 11 is not allowed in a record; delete it"),
+    ],
+    "date-invalid-2023": [
+        (
+            6,
+            "'2023-13-45' is read as a date but is not a valid date; quote it if it is text",
+        ),
+    ],
     "deep-nesting-2023": [
         (14, "nested more than 8 levels deep"),
+    ],
+    "doi-angle-2023": [
+        (
+            14,
+            "doi: '10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0' contains '<', which a link cannot hold as it is; percent-encode it as %3C (write '10.1002/(SICI)1097-4571(199806)49:8%3C693::AID-ASI4%3E3.0.CO;2-0')",
+        ),
     ],
     "doi-url-2023": [
         (
@@ -120,6 +148,9 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
     "explicit-tag-2023": [
         (2, "tag '!!python/name:os.system' is not allowed; remove it"),
     ],
+    "hex-empty-2023": [
+        (5, "'0x_' is read as a number but is not a valid number; quote it if it is text"),
+    ],
     "id-year-2021": [
         (1, "id year 2021 matches neither year (2023) nor the venue year; use 'id-year-2023'"),
     ],
@@ -141,11 +172,26 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
             "impl: 'tome.py' is not a reference implementation module such as 'reference_impls.vision.tome'",
         ),
     ],
+    "impl-missing-2023": [
+        (
+            14,
+            "impl: module 'reference_impls.vision.tomme' does not exist; did you mean 'reference_impls.vision.tome'?",
+        ),
+    ],
     "impl-level-alone-2023": [
         (
             14,
             "impl_level is set but impl is not; name the reference_impls module in impl or remove impl_level",
         ),
+    ],
+    "line-separator-2023": [
+        (
+            4,
+            "character U+2028 (line separator) at column 6 is read as a line break by YAML; delete it, or use an ordinary line break",
+        ),
+    ],
+    "merge-key-2023": [
+        (9, "merge key '<<' is not allowed; write the fields out in this mapping"),
     ],
     "missing-title-2023": [
         (1, "missing required field 'title'"),
@@ -212,11 +258,29 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
     "tab-indent-2023": [
         (9, "tab used for indentation; indent with spaces"),
     ],
+    "tag-bang-2023": [
+        (2, "tag '!' is not allowed; remove it"),
+    ],
+    "title-bidi-2023": [
+        (
+            2,
+            "title: contains U+202E (RIGHT-TO-LEFT OVERRIDE), a bidirectional control that makes text display differently from what it is; remove it",
+        ),
+    ],
     "title-empty-2023": [
         (2, "title: expected text, got an empty value"),
     ],
+    "title-invisible-2023": [
+        (
+            2,
+            "title: has no letter or digit, only invisible characters such as U+200B (ZERO WIDTH SPACE); write the text itself",
+        ),
+    ],
     "title-spaces-2023": [
         (2, "title: has leading or trailing spaces; write 'A  Valid Title'"),
+    ],
+    "title-too-long-2023": [
+        (2, "title: is 508 characters; keep it to 500 or fewer"),
     ],
     "training-free-text-2023": [
         (12, "training_free: expected true or false, got text 'yes'"),
@@ -224,11 +288,20 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
     "unknown-field-2023": [
         (12, "unknown field 'traning_free'; did you mean 'training_free'?"),
     ],
+    "url-char-2023": [
+        (
+            14,
+            "paper: 'https://example.com/x)<svg/onload=alert(1)>' contains '<', which a link cannot hold as it is; percent-encode it as %3C (write 'https://example.com/x)%3Csvg/onload=alert(1)%3E')",
+        ),
+    ],
     "venue-before-year-2023": [
         (
             6,
             "venue year 2022 is before year 2023; year is the first public version, so it is 2022 or earlier",
         ),
+    ],
+    "venue-future-2099": [
+        (6, "venue: 'ICLR 2099' is after next year; a venue year is 2027 or earlier"),
     ],
     "venue-spelling-2023": [
         (6, "venue: 'Neurips 2023' is not a normalised venue; did you mean 'NeurIPS 2023'?"),
@@ -248,8 +321,17 @@ EXPECTED: dict[str, list[tuple[int, str]]] = {
             "year 2024 is after the arXiv id's year 2023 (2301.00001); year is the first public version, so it is 2023 or earlier",
         ),
     ],
+    "year-huge-2023": [
+        (
+            5,
+            "number 999999999999... is 5000 characters long; no field takes a number over 100 characters (quote it if it is text)",
+        ),
+    ],
+    "year-future-2099": [
+        (5, "year: 2099 is not a plausible year (1950 to 2026)"),
+    ],
     "year-range-2023": [
-        (5, "year: 1066 is not a plausible year (1950 to 2027)"),
+        (5, "year: 1066 is not a plausible year (1950 to 2026)"),
     ],
     "year-text-2023": [
         (5, "year: expected a whole number such as 2023, got text '2023'"),
@@ -286,8 +368,14 @@ def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
+# The date rules (year, venue year, arXiv id) read today through `model.today`: pinned here, so
+# the expected messages hold whatever the date.
+FIXTURE_TODAY = datetime.date(2026, 6, 15)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_fixture_messages(name: str, loader: str) -> None:
+def test_fixture_messages(name: str, loader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "today", lambda: FIXTURE_TODAY)
     path = INVALID / f"{name}.yaml"
     report = validate([path])
     got = [(p.line, p.message) for p in report.problems]

@@ -4,7 +4,10 @@ The cache is one JSON file holding, per record file, its stat signature (mtime i
 inode) and the validated record. A record is reused only when its signature is unchanged and its
 mtime is not within `RACY_NS` of the moment the cache was written (a file changed in the same
 clock tick as the cache write could otherwise look unchanged: git's "racily clean" problem).
-Files added or removed, and any change to the schema code, invalidate what they must.
+Files added or removed, and any change to the schema code, invalidate what they must. A cache
+file that is unreadable, corrupt, truncated or of the wrong shape is ignored (and rewritten); an
+entry that cannot be stat'ed (dangling symlink, deleted since listed) is validated, which reports
+it.
 
 This module imports neither pydantic nor the store unless a file must be (re)validated: that is
 what keeps a query on a warm cache fast.
@@ -21,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .problems import Problem, RecordError
+from .files import directory_entries, is_record_name, read_bytes_bounded
+from .problems import RecordError
 
 CACHE_FORMAT = 1
 RACY_NS = 2_000_000_000
-_SCHEMA_MODULES = ("model.py", "taxonomy.py", "store.py")
+MAX_CACHE_BYTES = 1 << 30  # far above any real cache; a bigger "cache" is not ours
+_SCHEMA_MODULES = ("model.py", "taxonomy.py", "store.py", "files.py")
 
 
 def cache_path(papers: Path) -> Path:
@@ -45,9 +50,39 @@ def _code_signature() -> list[Any]:
     return signature
 
 
-def _signature(entry: os.DirEntry[str]) -> list[int]:
-    st = entry.stat()
+def _signature(entry: os.DirEntry[str]) -> list[int] | None:
+    try:
+        st = entry.stat()
+    except OSError:  # gone or a dangling link: never a cache hit, and validation reports it
+        return None
     return [st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _read_cache(path: Path, code: list[Any]) -> tuple[dict[str, Any], int]:
+    """The cached files and the time the cache was written; nothing when it is not usable."""
+    try:
+        data = json.loads(read_bytes_bounded(path, MAX_CACHE_BYTES))
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON, too deep
+        return {}, 0
+    if not isinstance(data, dict) or data.get("code") != code:
+        return {}, 0
+    files, written_ns = data.get("files"), data.get("written_ns")
+    if not isinstance(files, dict) or type(written_ns) is not int:
+        return {}, 0
+    return files, written_ns
+
+
+def _hit(entry: Any, signature: list[int]) -> dict[str, Any] | None:
+    """The cached record when `entry` is `[signature, record]` for this signature."""
+    if (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and entry[0] == signature
+        and isinstance(entry[1], dict)
+        and isinstance(entry[1].get("id"), str)
+    ):
+        return entry[1]
+    return None
 
 
 def load_records(papers: Path, use_cache: bool = True) -> list[dict[str, Any]]:
@@ -56,42 +91,24 @@ def load_records(papers: Path, use_cache: bool = True) -> list[dict[str, Any]]:
     Records come in file-name order. Invalid files are never cached, so they are reported again
     on every call until fixed.
     """
-    try:
-        entries = sorted(
-            (
-                e
-                for e in os.scandir(papers)
-                if e.name.endswith(".yaml") and not e.name.startswith(".")
-            ),
-            key=lambda e: e.name,
-        )
-    except FileNotFoundError:
-        raise RecordError([Problem(str(papers), 1, "no such papers directory")]) from None
+    entries = [e for e in directory_entries(papers) if is_record_name(e.name)]
     signatures = {e.name: _signature(e) for e in entries}
     code = _code_signature()
     path = cache_path(papers)
-    cached: dict[str, Any] = {}
-    written_ns = 0
-    if use_cache:
-        try:
-            data = json.loads(path.read_bytes())
-            if data.get("code") == code:
-                cached = data["files"]
-                written_ns = int(data["written_ns"])
-        except (OSError, ValueError, KeyError, TypeError):
-            cached = {}
+    cached, written_ns = _read_cache(path, code) if use_cache else ({}, 0)
     records: dict[str, dict[str, Any]] = {}
     stale: list[str] = []
     for name, signature in signatures.items():
-        hit = cached.get(name)
-        if hit is not None and hit[0] == signature and signature[0] < written_ns - RACY_NS:
-            records[name] = hit[1]
+        hit = _hit(cached.get(name), signature) if signature is not None else None
+        if hit is not None and signature is not None and signature[0] < written_ns - RACY_NS:
+            records[name] = hit
         else:
             stale.append(name)
     if stale:
         records.update(_validate_files(papers, stale))
     if use_cache and (stale or len(cached) != len(signatures)):
-        _write_cache(path, code, {name: [signatures[name], records[name]] for name in signatures})
+        files = {name: [sig, records[name]] for name, sig in signatures.items() if sig is not None}
+        _write_cache(path, code, files)
     return [records[name] for name in signatures]
 
 

@@ -8,13 +8,14 @@ the only spelling of it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .outputs import write_text_atomic
+from .outputs import LockTimeout, locked, write_text_atomic
 from .problems import Problem, RecordError
 from .store import SCHEMA_COMMENT, dump_record, parse_record, read_text
 from .validate import collect_paths
@@ -62,8 +63,27 @@ def first_difference(old: str, new: str) -> int:
 
 
 def format_paths(paths: Sequence[Path], check: bool = False) -> FormatResult:
+    """Format (or with `check`, only compare) record files. Writing holds the lock of every
+    directory written to, as the other record writers do, so a concurrent import or `kb new`
+    never sees a record change under it."""
     files, problems = collect_paths(paths)
     result = FormatResult(files=len(files), problems=problems)
+    with contextlib.ExitStack() as stack:
+        if not check:
+            for directory in sorted({path.parent.resolve() for path in files}):
+                try:
+                    stack.enter_context(locked(directory))
+                except (OSError, LockTimeout) as exc:
+                    message = exc.strerror if isinstance(exc, OSError) else str(exc)
+                    result.problems.append(Problem(str(directory), 1, f"cannot lock: {message}"))
+                    result.invalid.extend(p for p in files if p.parent.resolve() == directory)
+            files = [p for p in files if p not in result.invalid]
+        _format_files(files, check, result)
+    result.problems.sort()
+    return result
+
+
+def _format_files(files: Sequence[Path], check: bool, result: FormatResult) -> None:
     for path in files:
         name = str(path)
         try:
@@ -99,7 +119,12 @@ def format_paths(paths: Sequence[Path], check: bool = False) -> FormatResult:
                 for line in comments
             )
             continue
-        write_text_atomic(path, canonical)
+        try:
+            write_text_atomic(path, canonical)
+        except OSError as exc:
+            result.invalid.append(path)
+            result.problems.append(
+                Problem(name, 1, f"cannot write: {exc.strerror or exc}; the file is unchanged")
+            )
+            continue
         result.changed.append(path)
-    result.problems.sort()
-    return result

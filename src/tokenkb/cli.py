@@ -34,7 +34,14 @@ def find_papers(start: Path | None = None) -> Path:
 
 
 def _papers(args: argparse.Namespace) -> Path:
-    return Path(args.papers) if args.papers else find_papers()
+    """The papers directory, after finishing whatever an interrupted writer left in it."""
+    from .outputs import recover
+
+    papers = Path(args.papers) if args.papers else find_papers()
+    if os.path.isdir(papers):  # never raises, unlike Path.is_dir on an unreadable parent
+        for line in recover(papers):
+            print(f"kb: {line}", file=sys.stderr)
+    return papers
 
 
 def _print_problems(problems: Sequence[Problem], files: int, stream: Any = None) -> None:
@@ -132,20 +139,44 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    import json
-
     from . import importer
-    from .outputs import write_files
+    from .outputs import LockTimeout, locked, write_transaction
 
     papers = _papers(args)
     try:
         results = [importer.read_source(Path(p), args.as_format) for p in args.paths]
+        excluded = importer.load_excluded(papers.parent / "curation" / "excluded.yaml")
     except importer.ImportError_ as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    excluded = importer.load_excluded(papers.parent / "curation" / "excluded.yaml")
-    plan = importer.plan_import(results, papers, excluded)
-    if args.format == "json":
+        return EXIT_USAGE
+    if args.dry_run:
+        plan = importer.plan_import(results, papers, excluded)
+        return _report_import(plan, args.format, "dry run: nothing written")
+    # Plan and write under one lock: a concurrent import plans against what this one wrote.
+    try:
+        with locked(papers):
+            plan = importer.plan_import(results, papers, excluded)
+            if plan.invalid:
+                return _report_import(plan, args.format, None)
+            written = write_transaction(papers, plan.files)
+    except LockTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        where = exc.filename or papers
+        print(
+            f"error: {where}: cannot write: {exc.strerror or exc}; nothing was changed",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    return _report_import(plan, args.format, f"wrote {len(written)}")
+
+
+def _report_import(plan: Any, output: str, outcome: str | None) -> int:
+    """Print an import plan; `outcome` is None when the plan is refused (invalid records)."""
+    import json
+
+    if output == "json":
         report = {
             "entries": [p.as_json() for p in plan.planned],
             "unparsed": [
@@ -177,17 +208,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         f"merged, {counts.get('skip', 0)} skipped; {len(plan.unparsed)} lines unparsed; "
         f"{len(plan.conflicts)} conflicts; {len(plan.files)} files to write"
     )
-    if plan.invalid:
+    if outcome is None or plan.invalid:
         for invalid in plan.invalid:
             print(invalid, file=sys.stderr)
         print(f"{summary}\nnothing written: the plan would leave invalid records", file=sys.stderr)
-        return 1
-    if args.dry_run:
-        print(f"{summary} (dry run: nothing written)", file=sys.stderr)
-        return 0
-    written = write_files(plan.files)
-    print(f"{summary}; wrote {len(written)}", file=sys.stderr)
-    return 0
+        return EXIT_PROBLEMS
+    separator = " " if outcome.startswith("dry") else "; "
+    shown = f"({outcome})" if outcome.startswith("dry") else outcome
+    print(f"{summary}{separator}{shown}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_dedupe(args: argparse.Namespace) -> int:
@@ -234,6 +263,7 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .outputs import LockTimeout
     from .problems import RecordError
     from .render import check_generated, write_generated
 
@@ -252,6 +282,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     except RecordError as exc:
         _print_problems(exc.problems, len({p.path for p in exc.problems}))
         return EXIT_PROBLEMS
+    except LockTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        print(f"error: {exc.filename or root}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return EXIT_OK
@@ -260,6 +296,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     import time
 
+    from .outputs import LockTimeout
     from .render import BuildError, build_site, write_generated
     from .summary import summarize
     from .validate import validate
@@ -279,16 +316,19 @@ def cmd_build(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
     records = sorted(report.records, key=lambda r: str(r["id"]))
     progress(2, "rendering generated files (schema, awesome/)")
-    for path in write_generated(root, records):
-        print(f"      wrote {path}", file=sys.stderr)
-    if not args.no_site:
-        names = iter(range(3, 6))
-        try:
+    names = iter(range(3, 6))
+    try:
+        for path in write_generated(root, records):
+            print(f"      wrote {path}", file=sys.stderr)
+        if not args.no_site:
             site = build_site(root, records, lambda message: progress(next(names), message))
-        except BuildError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_PROBLEMS
-        print(f"      site in {site} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+            print(f"      site in {site} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    except (BuildError, LockTimeout) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        print(f"error: {exc.filename or root}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
     sys.stdout.write(summarize(records))
     return EXIT_OK
 
@@ -362,7 +402,7 @@ def _arxiv_client() -> ArxivClient:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from .scaffold import ScaffoldError, find_arxiv, new_record, write_new_record
+    from .scaffold import ScaffoldError, create_record, find_arxiv, new_record
     from .sources.arxiv import ArxivError, InvalidArxivId, parse_arxiv_id
 
     try:
@@ -388,12 +428,13 @@ def cmd_new(args: argparse.Namespace) -> int:
         print(f"kb new: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        path, text = new_record(meta, papers, modality=args.modality, kind=args.kind)
         if args.dry_run:
+            path, text = new_record(meta, papers, modality=args.modality, kind=args.kind)
             sys.stdout.write(text)
             print(f"would write {path}", file=sys.stderr)
             return EXIT_OK
-        write_new_record(path, text)
+        # Planned again under the lock: a concurrent kb new or import may have taken the id.
+        path = create_record(meta, papers, modality=args.modality, kind=args.kind)
     except ScaffoldError as exc:
         print(f"kb new: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
@@ -408,7 +449,7 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 def cmd_enrich(args: argparse.Namespace) -> int:
     from .problems import RecordError
-    from .scaffold import ScaffoldError, apply_changes, enrich, load_stored
+    from .scaffold import apply_changes, enrich, load_stored
     from .sources.arxiv import ArxivError
     from .validate import collect_paths
 
@@ -436,26 +477,27 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     except ArxivError as exc:
         print(f"kb enrich: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    changes, problems, error = plan.changes, plan.problems, None
     if not args.dry_run:
-        try:
-            apply_changes(plan.changes)
-        except ScaffoldError as exc:
-            print(f"kb enrich: {exc}", file=sys.stderr)
-            return EXIT_PROBLEMS
+        applied = apply_changes(plan.changes)  # under the lock, each file read again first
+        changes, error = applied.written, applied.error
+        problems = sorted(problems + applied.skipped)
     verb = "would fill" if args.dry_run else "filled"
-    for change in plan.changes:
+    for change in changes:
         print(f"{change.path}: {verb} {', '.join(change.fields)} from arXiv {change.arxiv_id}")
         if args.dry_run:
             sys.stdout.write(change.diff())
-    for problem in plan.problems:
+    for problem in problems:
         print(problem)
-    count = len(plan.problems)
+    count = len(problems)
     print(
         f"{plan.asked} record{'s' if plan.asked != 1 else ''} with an arXiv id: "
-        f"{len(plan.changes)} {verb}, {count} problem{'s' if count != 1 else ''}",
+        f"{len(changes)} {verb}, {count} problem{'s' if count != 1 else ''}",
         file=sys.stderr,
     )
-    return EXIT_PROBLEMS if plan.problems else EXIT_OK
+    if error is not None:
+        print(f"kb enrich: {error}", file=sys.stderr)
+    return EXIT_PROBLEMS if problems or error is not None else EXIT_OK
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -637,17 +679,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .stdio import tolerate_closed_pipes
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args))
+        # `kb validate | head -1`: once the reader has gone, output is dropped and the command
+        # still returns the exit code it computed (1 when it found problems).
+        with tolerate_closed_pipes():
+            return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # `kb query | head`: the reader went away; that is not an error.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,19 +6,23 @@ An `Item` is anything with a title and identifiers: a record in papers/ or an im
 1. items sharing an identifier (arXiv, DOI, IEEE, OpenReview, ACL) are one work, unless their
    titles plainly disagree: that is a *conflict* (one of the links is wrong), reported and not
    merged;
-2. items whose normalised titles (or a record's title-like aliases, the alias table of renamed
-   works) are equal are one work, unless they carry different ids of the same kind: a conflict;
-3. remaining near-equal titles are compared with rapidfuzz, but only within blocks of items that
-   share a pair of their four rarest title words (a typo changes one word and leaves three
-   pairs), so blocks stay small and the cost grows about linearly with the item count.
+2. items whose title keys (`titles.title_key`; or a record's title-like aliases, the alias table
+   of renamed works) are equal are one work, unless they carry different ids of the same kind: a
+   conflict;
+3. remaining near-equal titles of three words or more are compared with rapidfuzz, but only
+   within blocks of items that share a pair of their four rarest title words (a typo changes one
+   word and leaves three pairs), so blocks stay small and the cost grows about linearly with the
+   item count. Titles that differ only in short tokens or numbers (two Greek letters, `v1`/`v2`)
+   are different works, however alike.
 
-Nicknames alone never merge (two works are called "PPT"). Nothing here reads or writes files.
+An empty or one-short-word key never matches (`titles.matchable`): titles whose letters a lossy
+normaliser dropped must not all become one work. Nicknames alone never merge (two works are
+called "PPT"). Nothing here reads or writes files. `Groups.evidence` says how each pair was
+joined, so callers can tell an identifier match from a title-only one.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,8 +30,11 @@ from itertools import combinations
 
 from rapidfuzz import fuzz
 
+from .titles import matchable, title_key
+
 ID_KINDS = ("arxiv", "doi", "ieee", "openreview", "acl")
 FUZZY_THRESHOLD = 92.0  # ratio or token_sort_ratio of normalised titles for a fuzzy match
+FUZZY_MIN_WORDS = 3  # titles of fewer words (or of ideographs) match exactly or not at all
 COMPATIBLE_THRESHOLD = 60.0  # token_set_ratio below which two titles for one id disagree
 RARE_WORDS = 4  # an item's blocking keys are the pairs of its four rarest title words
 _STOP = {
@@ -62,26 +69,33 @@ class Groups:
     conflicts: list[Conflict]
 
 
-def normalize_title(title: str) -> str:
-    """Case, accents, punctuation, parentheticals and a leading 'Nickname:' folded away."""
-    text = unicodedata.normalize("NFKD", title)
-    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
-    text = re.sub(r"\([^)]*\)", " ", text)
-    text = text.replace("&", " and ")
-    text = re.sub(r"[^a-z0-9]+", " ", text)
-    return " ".join(text.split())
-
-
 def title_words(normalized: str) -> list[str]:
     return [w for w in normalized.split() if w not in _STOP and len(w) > 1]
 
 
 def titles_compatible(a: str, b: str) -> bool:
     """Could these be titles of one work (a variant, a prefix, a nickname-prefixed form)?"""
-    na, nb = normalize_title(a), normalize_title(b)
+    na, nb = title_key(a), title_key(b)
     if not na or not nb:
         return True
     return fuzz.token_set_ratio(na, nb) >= COMPATIBLE_THRESHOLD
+
+
+def _fuzzy_comparable(key: str) -> bool:
+    """Near-equal matching is for titles written in words: a one-character change in a title of
+    ideographs can be another work, and short titles leave no room for a typo."""
+    return len(key.split()) >= FUZZY_MIN_WORDS
+
+
+def _distinguished(a: str, b: str) -> bool:
+    """Do two near-equal titles differ exactly where titles of different works differ: a short
+    token or a number (Greek letters, `v1` vs `v2`, `ViT-B/16` vs `ViT-L/16`)? A typo changes a word
+    of some length and leaves the numbers alone."""
+    words_a, words_b = set(a.split()), set(b.split())
+    only_a, only_b = words_a - words_b, words_b - words_a
+    if not only_a or not only_b:
+        return False
+    return all(len(w) <= 2 or any(c.isdigit() for c in w) for w in only_a | only_b)
 
 
 class _UnionFind:
@@ -119,7 +133,7 @@ def find_duplicates(items: Sequence[Item]) -> Groups:
     uf = _UnionFind(items)
     evidence: dict[tuple[int, int], str] = {}
     conflicts: list[Conflict] = []
-    normalized = [normalize_title(item.title) if item.title else "" for item in items]
+    normalized = [title_key(item.title) if item.title else "" for item in items]
 
     def join(a: int, b: int, why: str) -> None:
         if uf.union(a, b):
@@ -157,10 +171,10 @@ def find_duplicates(items: Sequence[Item]) -> Groups:
     # 2. equal normalised titles and title-like aliases
     by_title: dict[str, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
-        keys = {normalized[index]} if normalized[index] else set()
-        keys |= {normalize_title(t) for t in item.titles if len(t.split()) >= 3}
+        keys = {normalized[index]}
+        keys |= {title_key(t) for t in item.titles if len(t.split()) >= 3}
         for key in keys:
-            if len(key.split()) >= 2:
+            if matchable(key):
                 by_title[key].append(index)
     for key, members in by_title.items():
         for other in members[1:]:
@@ -168,12 +182,14 @@ def find_duplicates(items: Sequence[Item]) -> Groups:
 
     # 3. near-equal titles within blocks of rare words
     frequency: dict[str, int] = defaultdict(int)
-    words = [title_words(n) for n in normalized]
+    words = [title_words(n) if _fuzzy_comparable(n) else [] for n in normalized]
     for ws in words:
         for w in set(ws):
             frequency[w] += 1
     blocks: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for index, ws in enumerate(words):
+        if not ws:  # nothing to compare on: an empty key must never match another empty key
+            continue
         rarest = sorted(sorted(set(ws), key=lambda w: (frequency[w], w))[:RARE_WORDS])
         pairs: list[tuple[str, ...]] = (
             list(combinations(rarest, 2)) if len(rarest) > 1 else [tuple(rarest)]
@@ -195,7 +211,7 @@ def find_duplicates(items: Sequence[Item]) -> Groups:
                     fuzz.ratio(normalized[a], normalized[b]),
                     fuzz.token_sort_ratio(normalized[a], normalized[b]),
                 )
-                if score >= FUZZY_THRESHOLD:
+                if score >= FUZZY_THRESHOLD and not _distinguished(normalized[a], normalized[b]):
                     why = f"titles {score:.0f}% alike"
                     _join_titles(items, uf, a, b, why, join, conflicts)
 

@@ -53,16 +53,101 @@ def to_bibtex(records: list[dict[str, Any]]) -> str:
     return bibliography(records)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~<>])")
+# Characters Markdown may read as syntax, and how each is written so that Python-Markdown (the
+# site, with the extensions of mkdocs.yml) and GitHub (the awesome lists) both show it as itself.
+# A backslash escape where both readers know it (Python-Markdown escapes only its own set, plus
+# `|` with the tables extension, and shows `\~` as a backslash and a tilde); an HTML entity
+# otherwise: `~` (GitHub's strikethrough), `$` (GitHub's math), `<`, `>`, `&` (HTML).
+_MD_ESCAPES = {
+    **{ch: "\\" + ch for ch in "\\`*_{}[]()#+!|"},
+    "~": "&#126;",
+    "$": "&#36;",
+    "<": "&lt;",
+    ">": "&gt;",
+    "&": "&amp;",
+}
+_MD_SPECIAL = re.compile("[" + re.escape("".join(_MD_ESCAPES)) + "]")
+# At the start of a line these begin a block (a list, a heading underline, a code fence, a
+# thematic break); elsewhere they are plain text and left alone.
+_MD_LINE_START = re.compile(r"^(?:[-=]|[0-9]+(?=[.)](?: |$)))")
+_MD_START_ESCAPES = {"-": "\\-", "=": "&#61;"}
+_MD_BREAKS = re.compile(r"[ \t\n\r\f\v]+")
+_MD_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 
 
 def md_escape(text: str) -> str:
-    """Text that Markdown shows literally, also inside a table cell: specials backslash-escaped,
-    `<` and `>` (and so HTML) as entities. The awesome lists and site pages use it too."""
-    text = text.replace("&", "&amp;")
-    return _MD_SPECIAL.sub(
-        lambda m: {"<": "&lt;", ">": "&gt;"}.get(m.group(1), "\\" + m.group(1)), text
-    )
+    """Text that Markdown shows literally, also inside a table cell, a heading or link text.
+
+    One line: runs of spaces and line breaks become one space (a line break would start a new
+    block); control characters, which no record holds, become U+FFFD. The awesome lists, the site
+    pages and `kb query --format md` all use it; tests check that Python-Markdown with the
+    site's extensions and a CommonMark reader show exactly `text`.
+    """
+    text = _MD_BREAKS.sub(" ", _MD_CONTROL.sub("\ufffd", text)).strip(" ")
+    text = _MD_SPECIAL.sub(lambda m: _MD_ESCAPES[m.group()], text)
+    # Python-Markdown reads `[...]:` as a link reference definition before any escape counts.
+    text = text.replace("\\]:", "&#93;:")
+    start = _MD_LINE_START.match(text)
+    if start is None:
+        return text
+    if start.group() in _MD_START_ESCAPES:
+        return _MD_START_ESCAPES[start.group()] + text[1:]
+    # `1.` starts an ordered list (`1)` too, on GitHub, but `)` is escaped already).
+    end = start.end()
+    return text[:end] + "\\." + text[end + 1 :] if text[end] == "." else text
+
+
+# What a link target may hold as it is; everything else is percent-encoded, so that no `)`,
+# `<`, `>`, quote, space or backslash can end the target in Markdown or an HTML attribute.
+_URL_SAFE = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#@!$&*+,;="
+)
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_WEB_SCHEME = re.compile(r"https?://", re.IGNORECASE)
+
+
+def _percent_encode(text: str, safe: frozenset[str]) -> str:
+    out = []
+    index = 0
+    while index < len(text):
+        ch = text[index]
+        if ch == "%" and _PERCENT.match(text, index):
+            out.append(text[index : index + 3])
+            index += 3
+            continue
+        out.append(
+            ch if ch in safe else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "replace"))
+        )
+        index += 1
+    return "".join(out)
+
+
+def md_url(url: str) -> str:
+    """A link target that stays one link target in Markdown and in an HTML attribute.
+
+    Records hold validated https URLs; this holds for any text: characters a link cannot hold
+    are percent-encoded (`(` as %28, `<` as %3C, a quote as %27 or %22, a space as %20), and a
+    target that is not an http(s) URL (`javascript:`, `data:`) becomes an in-page fragment,
+    which goes nowhere.
+    """
+    if _WEB_SCHEME.match(url):
+        return _percent_encode(url, _URL_SAFE)
+    return "#" + _percent_encode(url, _URL_SAFE - {":"})
+
+
+def md_path(path: str) -> str:
+    """A relative link target (`../papers/<id>.md`), percent-encoded like `md_url`; a `:` is
+    encoded too, so that it can never be read as a scheme."""
+    return _percent_encode(path, _URL_SAFE - {":"})
+
+
+def md_code(text: str) -> str:
+    """`text` as a Markdown code span, whatever backticks it holds."""
+    text = _MD_BREAKS.sub(" ", text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def to_md(records: list[dict[str, Any]]) -> str:
@@ -70,15 +155,15 @@ def to_md(records: list[dict[str, Any]]) -> str:
     for r in records:
         parts = [f"- **[{md_escape(r.get('venue') or 'venue unknown')}]**"]
         title = md_escape(r["title"])
-        parts.append(f"[{title}]({r['paper']})" if r.get("paper") else title)
+        parts.append(f"[{title}]({md_url(r['paper'])})" if r.get("paper") else title)
         if r.get("aliases"):
             parts.append("(" + ", ".join(md_escape(a) for a in r["aliases"]) + ")")
         if r.get("code"):
-            parts.append(f"[[code]]({r['code']})")
+            parts.append(f"[[code]]({md_url(r['code'])})")
         tags = [*(r.get("modality") or []), *(r.get("family") or [])]
         if r.get("training_free"):
             tags.append("training-free")
-        parts.append(" ".join(f"`{t}`" for t in tags))
+        parts.append(" ".join(md_code(str(t)) for t in tags))
         lines.append(" ".join(parts))
     return "\n".join(lines) + ("\n" if lines else "")
 

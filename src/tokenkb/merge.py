@@ -7,19 +7,24 @@ Rules:
 - an existing record is curated: merging only fills fields it leaves empty, and reports every
   entry value that differs from a curated one instead of overwriting it;
 - every entry used adds a `sources` item (list, line, the fields it gives), so each fact stays
-  traceable; an entry already cited by (source, line) adds nothing (imports are idempotent).
+  traceable; the importer decides which entries a record already cites (see `importer`), so
+  imports are idempotent;
+- an entry that matches a record by title alone (no shared identifier) is cited but copies
+  nothing into it: what it would have given is reported for a curator to check.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .dedupe import normalize_title, title_words, titles_compatible
+from .dedupe import title_words, titles_compatible
 from .model import FIELD_NAMES, suggest_slug, venue_year
 from .sources.entry import Entry
+from .titles import title_key
 
 FORMAT_RANK = {"awesome": 0, "bibtex": 0, "arxiv": 0, "structured": 1, "citations": 2}
 ID_FIELDS = ("arxiv", "doi", "ieee", "openreview", "acl")
@@ -77,15 +82,19 @@ def suggest_id(title: str, aliases: Sequence[str], year: int, taken: set[str]) -
     head = title.split(":", 1)[0] if ":" in title else ""
     if head and len(head.split()) <= 3:
         candidates.append(head)
-    words = title_words(normalize_title(title))
+    words = title_words(title_key(title))
     candidates.append(" ".join(words[:4]))
     base = suggest_slug(candidates[0]) or "work"
     base = re.sub(r"-(?:19|20)\d\d$", "", base)[:40].strip("-") or "work"
-    slug = f"{base}-{year}"
-    suffix = iter("bcdefghijklmnopqrstuvwxyz")
-    while slug in taken:
-        slug = f"{base}-{year}{next(suffix)}"
-    return slug
+    # `<base>-<year>`, then `b`..`z` after the year; a list with more works of one name and year
+    # than that (a fuzzed or hostile list) gets a number in the base: `<base>-2-<year>`.
+    for number in itertools.count(1):
+        stem = base if number == 1 else f"{base}-{number}"
+        for letter in ["", *"bcdefghijklmnopqrstuvwxyz"]:
+            slug = f"{stem}-{year}{letter}"
+            if slug not in taken:
+                return slug
+    raise AssertionError("unreachable")  # itertools.count never ends
 
 
 def new_record(
@@ -119,14 +128,14 @@ def new_record(
     if year is None:
         raise ValueError(f"no year for {title!r}")
     aliases: list[str] = []
-    norm_title = normalize_title(title)
+    norm_title = title_key(title)
     for e in ordered:
         for alias in e.aliases:
-            if normalize_title(alias) not in norm_title and alias not in aliases:
+            if title_key(alias) not in norm_title and alias not in aliases:
                 aliases.append(alias)
         if (
             e.title
-            and normalize_title(e.title) != norm_title
+            and title_key(e.title) != norm_title
             and not titles_compatible(e.title, title)
             and e.title not in aliases
         ):
@@ -203,20 +212,31 @@ FILLABLE = ("authors", "year", "venue", "arxiv", "doi", "ieee", "openreview", "a
 
 
 def merge_into(
-    record: dict[str, Any], entries: Sequence[Entry], formats: dict[str, str]
-) -> tuple[dict[str, Any], list[str], list[Entry]]:
-    """`record` with its empty fields filled from `entries` (never a curated value overwritten),
-    the disagreements found, and the entries that were new (not yet cited in `sources`)."""
-    cited = {(s["source"], s.get("line")) for s in record.get("sources", [])}
-    fresh = [e for e in entries if (e.source, e.line) not in cited]
+    record: dict[str, Any],
+    entries: Sequence[Entry],
+    formats: dict[str, str],
+    title_only: Sequence[Entry] = (),
+    moved: Sequence[tuple[int, Entry]] = (),
+) -> tuple[dict[str, Any], list[str]]:
+    """`record` with its empty fields filled from `entries` (never a curated value overwritten)
+    and the disagreements found. `entries` are new to the record (the importer has already set
+    aside those it cites). `title_only` entries matched the record by title alone: they are cited
+    (the title is theirs) but give nothing else, since a title match is not proof enough to copy
+    another work's identifiers, venue or code; what they would have given is reported. `moved`
+    pairs a cited line with the entry now found elsewhere in the same list: the citation follows
+    the entry."""
     problems: list[str] = []
     merged = dict(record)
-    if not fresh:
-        return merged, problems, fresh
+    sources = [dict(s) for s in record.get("sources", [])]
+    for old_line, e in moved:
+        for source in sources:
+            if source["source"] == e.source and source.get("line") == old_line:
+                source["line"] = e.line
+                break
     draft, _ = (
-        new_record(fresh, formats, {record["id"]}) if any(e.title for e in fresh) else ({}, [])
+        new_record(entries, formats, {record["id"]}) if any(e.title for e in entries) else ({}, [])
     )
-    for e in fresh:
+    for e in entries:
         for name in ("arxiv", "doi", "ieee", "openreview", "acl", "code"):
             value = getattr(e, name)
             if value and merged.get(name) and value.lower() != str(merged[name]).lower():
@@ -229,6 +249,20 @@ def merge_into(
                 f"{e.source}:{e.line} gives venue {e.venue}, the record has {merged['venue']}; "
                 "kept the record's"
             )
+    for e in title_only:
+        given = [
+            f"{name} {getattr(e, name)}"
+            for name in (*ID_FIELDS, "paper", "code", "project")
+            if getattr(e, name)
+        ]
+        if e.venue and e.venue != "arXiv":
+            given.append(f"venue {e.venue}")
+        if given:
+            problems.append(
+                f"{e.source}:{e.line} matches {record['id']} by title only, so its "
+                f"{'; '.join(given)} were not copied: check that they belong to this work and "
+                "add them by hand"
+            )
     for name in FILLABLE:
         if not merged.get(name) and draft.get(name):
             if name == "venue" and draft[name] == "arXiv" and merged.get("venue"):
@@ -236,5 +270,7 @@ def merge_into(
             merged[name] = draft[name]
     if merged.get("arxiv") and not merged.get("paper"):
         merged["paper"] = f"https://arxiv.org/abs/{merged['arxiv']}"
-    merged["sources"] = [*record.get("sources", []), *(source_item(e) for e in fresh)]
-    return ordered_record(merged), problems, fresh
+    sources += [source_item(e) for e in entries]
+    sources += [{"source": e.source, "line": e.line, "fields": ["title"]} for e in title_only]
+    merged["sources"] = sources
+    return ordered_record(merged), problems

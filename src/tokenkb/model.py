@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Annotated, Any, Self
 
@@ -42,16 +43,30 @@ from .taxonomy import (
 SCHEMA_VERSION = 1
 MAX_SUMMARY_CHARS = 700
 FIRST_YEAR = 1950
+# Sane maxima, far above what real records hold (papers/ at the time of writing: titles up to
+# 141 characters, aliases 121, author names 28, 27 authors, 3 aliases, 3 results, URLs 164).
+MAX_TITLE_CHARS = 500  # also aliases and results
+MAX_NAME_CHARS = 200  # one author
+MAX_AUTHORS = 2000  # the largest author lists (e.g. the Gemini reports) have about 1,300
+MAX_LIST_ITEMS = 20  # aliases, results
+MAX_URL_CHARS = 2000
+MAX_ID_CHARS = 100  # ids up to 45 characters; the file name must stay far below 255 bytes
+
+
+def today() -> _dt.date:
+    """Today's date: the one place the date rules (year, venue year, arXiv id) read the clock,
+    so that tests can pin it."""
+    return _dt.date.today()
 
 
 def _error(kind: str, message: str) -> PydanticCustomError:
-    # Messages are complete sentences meant for a contributor; braces would be read as
-    # pydantic template fields, so they are doubled.
-    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
+    # Messages are complete sentences meant for a contributor. With no context pydantic fills no
+    # template fields, so braces (in a quoted value) are kept as they are.
+    return PydanticCustomError(kind, message)
 
 
 def _string_schema(
-    pattern: str | list[str], description: str, examples: list[str]
+    pattern: str | list[str], description: str, examples: list[str], **extra: Any
 ) -> WithJsonSchema:
     """The JSON Schema of a checked string type, for editors (which cannot run Python).
 
@@ -62,19 +77,50 @@ def _string_schema(
         schema["pattern"] = pattern
     else:
         schema["anyOf"] = [{"pattern": p} for p in pattern]
-    return WithJsonSchema(schema)
+    return WithJsonSchema(schema | extra)
+
+
+def _char_name(ch: str) -> str:
+    """How a message names one character: quoted when it can be read, else its code point."""
+    if ch == " ":
+        return "a space"
+    if ch.isascii() and ch.isprintable():
+        return repr(ch)
+    return f"U+{ord(ch):04X} ({unicodedata.name(ch, 'a control character')})"
 
 
 # --- text -------------------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Bidirectional embeddings, overrides and isolates make text display differently from what it
+# is (Trojan Source, CVE-2021-42574): refused anywhere in text.
+_BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+# Characters that show nothing although Unicode calls them letters or symbols.
+_BLANK_LOOKING = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+# For the JSON Schema: no control character, line break or bidi control; no leading, trailing
+# or double space. (The Python check also asks for a letter or digit.)
+_TEXT_CHAR = r"[^\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+TEXT_PATTERN = rf"^(?! )(?!.*  )(?!.* $){_TEXT_CHAR}+$"
 
 
-def _check_text(value: str) -> str:
+def _invisible(ch: str) -> bool:
+    return ch in _BLANK_LOOKING or unicodedata.category(ch) in ("Cf", "Zs", "Zl", "Zp")
+
+
+def _visible(ch: str) -> bool:
+    """A letter or digit that shows something."""
+    return unicodedata.category(ch)[0] in "LN" and ch not in _BLANK_LOOKING
+
+
+def text_problem(value: str, limit: int | None = None) -> str | None:
+    """What is wrong with `value` as one line of record text (None when nothing is): the
+    check of every text field, for writers that want to know before they build a record."""
+    if limit is not None and len(value) > limit:
+        return f"is {len(value)} characters; keep it to {limit} or fewer"
     if not value.strip():
-        raise _error("text", "is empty; give a value or remove the field")
+        return "is empty; give a value or remove the field"
     if value != value.strip():
-        raise _error("text", f"has leading or trailing spaces; write {value.strip()!r}")
+        return f"has leading or trailing spaces; write {value.strip()!r}"
     bad = _CONTROL.search(value)
     if bad:
         what = (
@@ -82,13 +128,62 @@ def _check_text(value: str) -> str:
             if bad.group() in "\r\n\x85\u2028\u2029"
             else f"control character {bad.group()!r}"
         )
-        raise _error("text", f"contains {what}; write it on one line")
+        return f"contains {what}; write it on one line"
+    bidi = _BIDI_CONTROL.search(value)
+    if bidi:
+        return (
+            f"contains {_char_name(bidi.group())}, a bidirectional control that makes text "
+            "display differently from what it is; remove it"
+        )
+    if not any(_visible(ch) for ch in value):
+        hidden = next((ch for ch in value if _invisible(ch)), None)
+        such = f", only invisible characters such as {_char_name(hidden)}" if hidden else ""
+        return f"has no letter or digit{such}; write the text itself"
+    for end in (value[0], value[-1]):
+        if _invisible(end):
+            return f"starts or ends with the invisible character {_char_name(end)}; remove it"
     if "  " in value:
-        raise _error("text", f"contains a double space; write {' '.join(value.split())!r}")
+        return f"contains a double space; write {' '.join(value.split())!r}"
+    return None
+
+
+def _check_text(value: str, limit: int | None = None) -> str:
+    problem = text_problem(value, limit)
+    if problem is not None:
+        raise _error("text", problem)
     return value
 
 
-Text = Annotated[StrictStr, AfterValidator(_check_text)]
+def _text_check(limit: int) -> AfterValidator:
+    return AfterValidator(lambda value: _check_text(value, limit))
+
+
+def _text_schema(limit: int) -> WithJsonSchema:
+    return WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": limit, "pattern": TEXT_PATTERN}
+    )
+
+
+# One-line text fields, each with a length limit.
+Title = Annotated[StrictStr, _text_check(MAX_TITLE_CHARS), _text_schema(MAX_TITLE_CHARS)]
+Name = Annotated[StrictStr, _text_check(MAX_NAME_CHARS), _text_schema(MAX_NAME_CHARS)]
+# The summary's limit is pydantic's own check, whose message (worded in `store`) says what a
+# summary is.
+Summary = Annotated[
+    StrictStr,
+    Field(max_length=MAX_SUMMARY_CHARS),
+    AfterValidator(_check_text),
+    _text_schema(MAX_SUMMARY_CHARS),
+]
+
+
+def _at_most(limit: int) -> AfterValidator:
+    def check(values: list[Any]) -> list[Any]:
+        if len(values) > limit:
+            raise _error("too_many", f"lists {len(values)} entries; keep it to {limit} or fewer")
+        return values
+
+    return AfterValidator(check)
 
 
 # --- identifiers ------------------------------------------------------------------------------
@@ -103,6 +198,12 @@ def suggest_slug(value: str) -> str:
 
 
 def _check_slug(value: str) -> str:
+    if len(value) > MAX_ID_CHARS:
+        raise _error(
+            "slug",
+            f"is {len(value)} characters; keep an id to {MAX_ID_CHARS} or fewer (a short name "
+            "and the year, e.g. 'tome-2023')",
+        )
     if _SLUG.match(value):
         return value
     hint = suggest_slug(value)
@@ -121,37 +222,104 @@ Slug = Annotated[
         SLUG_PATTERN,
         "Readable id <shortname>-<year>; equals the file name without .yaml.",
         ["tome-2023", "fastv-2024"],
+        maxLength=MAX_ID_CHARS,
     ),
 ]
 
-ARXIV_PATTERN = r"^(?:[0-9]{2}(?:0[1-9]|1[0-2])\.[0-9]{4,5}|[a-z-]+(?:\.[A-Z]{2})?/[0-9]{7})$"
-_ARXIV = re.compile(ARXIV_PATTERN)
+# New-style ids: YYMM.NNNN from April 2007 to December 2014, YYMM.NNNNN from January 2015 on;
+# old-style ids: archive(.SUBJECT)/YYMMNNN from August 1991 to March 2007. (The JSON Schema cannot
+# know today's month; the Python check also refuses ids after it.)
+_MONTH = r"(?:0[1-9]|1[0-2])"
+ARXIV_PATTERN = (
+    r"^(?:(?:07(?:0[4-9]|1[0-2])|(?:0[89]|1[0-4])" + _MONTH + r")\.[0-9]{4}"
+    r"|(?:1[5-9]|[2-9][0-9])" + _MONTH + r"\.[0-9]{5}"
+    r"|[a-z-]+(?:\.[A-Z]{2})?/(?:9(?:1(?:0[89]|1[0-2])|[2-9]" + _MONTH + r")"
+    r"|0(?:[0-6]" + _MONTH + r"|70[1-3]))[0-9]{3})$"
+)
+# The shape of an id, before its date and number are checked.
+_ARXIV = re.compile(
+    r"^(?:(?P<yymm>[0-9]{4})\.(?P<number>[0-9]{4,5})"
+    r"|(?P<archive>[a-z-]+(?:\.[A-Z]{2})?)/(?P<old_yymm>[0-9]{4})(?P<old_number>[0-9]{3}))$"
+)
 _ARXIV_IN_TEXT = re.compile(
     r"(?:arxiv\.org/(?:abs|pdf|html)/|arxiv:\s*)?"
     r"([0-9]{4}\.[0-9]{4,5}|[a-z-]+(?:\.[A-Z]{2})?/[0-9]{7})(?:v[0-9]+)?(?:\.pdf)?",
     re.IGNORECASE,
 )
+_MONTH_NAMES = (
+    "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
+)  # fmt: skip
+
+
+def _arxiv_problem(value: str) -> str | None:
+    """Why `value` is not an arXiv id (None when it is one); `value` has the shape of one."""
+    match = _ARXIV.match(value)
+    if match is None:
+        return f"{value!r} is not a bare arXiv id"
+    old = match.group("archive") is not None
+    yymm = match.group("old_yymm" if old else "yymm")
+    number = match.group("old_number" if old else "number")
+    yy, mm = int(yymm[:2]), int(yymm[2:])
+    if not 1 <= mm <= 12:
+        return f"{value!r} is not an arXiv id: month {yymm[2:]} is not a month (01 to 12)"
+    if old:
+        if yymm >= "9108" or yymm <= "0703":
+            return None
+        span = (
+            f"{value!r} is not an arXiv id: archive/YYMMNNN ids run from August 1991 (9108) to "
+            "March 2007 (0703)"
+        )
+        if yy < 91:  # April 2007 or later
+            digits = 5 if yymm >= "1501" else 4
+            return (
+                f"{span}; from April 2007 ids are YYMM.{'N' * digits} such as "
+                f"'{yymm}.{'0' * (digits - 1)}1'"
+            )
+        return f"{span}; for {yymm} check the id"
+    if yymm < "0704":
+        return (
+            f"{value!r} is not an arXiv id: YYMM.NNNN ids begin in April 2007 (0704); an earlier "
+            f"paper has an id such as 'hep-th/{yymm}001' (archive/YYMMNNN)"
+        )
+    now = today()
+    if (2000 + yy, mm) > (now.year, now.month):
+        hint = (
+            f"; a paper from 19{yymm[:2]} has an id such as 'hep-th/{yymm}001' (archive/YYMMNNN)"
+            if yy >= 91
+            else ""
+        )
+        return (
+            f"{value!r} is not an arXiv id yet: it would be from {_MONTH_NAMES[mm - 1]} "
+            f"{2000 + yy}, after this month ({_MONTH_NAMES[now.month - 1]} {now.year}){hint}"
+        )
+    if yymm >= "1501" and len(number) != 5:
+        return (
+            f"{value!r} is not an arXiv id: ids from 2015 on have 5 digits after the dot, "
+            "earlier ones 4"
+        )
+    if yymm < "1501" and len(number) != 4:
+        return (
+            f"{value!r} is not an arXiv id: ids before 2015 have 4 digits after the dot, "
+            "from 2015 on 5"
+        )
+    return None
 
 
 def normalize_arxiv(value: str) -> str | None:
-    """The bare arXiv id inside `value` (a URL, `arXiv:` prefix, version or `.pdf`), if any."""
+    """The bare arXiv id inside `value` (a URL, `arXiv:` prefix, version or `.pdf`), if any
+    and if it is a possible one."""
     match = _ARXIV_IN_TEXT.search(value.strip())
-    if match and _ARXIV.match(match.group(1)):
+    if match and _arxiv_problem(match.group(1)) is None:
         return match.group(1)
     return None
 
 
 def _check_arxiv(value: str) -> str:
     if _ARXIV.match(value):
-        if "/" not in value:
-            yymm, number = value.split(".")
-            digits = 5 if int(yymm[:2]) >= 15 else 4
-            if len(number) != digits:
-                raise _error(
-                    "arxiv_id",
-                    f"{value!r} is not an arXiv id: ids from 2015 on have 5 digits after the "
-                    "dot, earlier ones 4",
-                )
+        problem = _arxiv_problem(value)
+        if problem is not None:
+            raise _error("arxiv_id", problem)
         return value
     hint = normalize_arxiv(value)
     tail = f"; did you mean {hint!r}?" if hint and hint != value else ""
@@ -172,13 +340,75 @@ ArxivId = Annotated[
     ),
 ]
 
-DOI_PATTERN = r"^10\.[0-9]{4,9}/\S+$"
-_DOI = re.compile(DOI_PATTERN)
+# --- characters of links and DOIs ---------------------------------------------------------------
+
+# RFC 3986: unreserved and reserved characters, and %-escapes. Letters and digits of every script
+# are allowed too (an IRI such as https://de.wikipedia.org/wiki/Café); every other character is
+# refused, named, with its percent-encoding. A `'` is reserved but legal, and `[`, `]` only in an
+# IPv6 host; both are refused because they break HTML attributes and Markdown links.
+_URL_ASCII = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#@!$&()*+,;=%"
+)
+# A DOI is the path of https://doi.org/<doi>: a `?` or `#` there would end it.
+_DOI_ASCII = _URL_ASCII - {"?", "#"}
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# The same sets for the JSON Schema: ASCII as above, and beyond ASCII the Basic Multilingual
+# Plane less controls, spaces, invisible and bidi characters (an approximation of "letters and
+# digits", which ECMA-262 patterns without the u flag cannot name).
+_IRI_EXTRA = (
+    r"\u00c0-\u167f\u1681-\u1fff\u2070-\u27ff\u2900-\u2fff\u3001-\ud7ff\uf900-\ufdcf"
+    r"\ufdf0-\ufefe\uff00-\uffef"
+)
+_URL_CHARS = r"(?:[A-Za-z0-9\-._~:/?#@!$&()*+,;=" + _IRI_EXTRA + r"]|%[0-9A-Fa-f]{2})"
+_DOI_CHARS = r"(?:[A-Za-z0-9\-._~:/@!$&()*+,;=" + _IRI_EXTRA + r"]|%[0-9A-Fa-f]{2})"
+
+
+def _link_char_allowed(ch: str, ascii_allowed: frozenset[str]) -> bool:
+    if ch.isascii():
+        return ch in ascii_allowed
+    return unicodedata.category(ch)[0] in "LNM" and ch not in _BLANK_LOOKING
+
+
+def _percent_encode(ch: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in ch.encode("utf-8", "surrogatepass"))
+
+
+def _check_link_chars(value: str, ascii_allowed: frozenset[str]) -> None:
+    """Refuse, by name, the first character `value` cannot hold as a link (or DOI)."""
+    bad = [ch for ch in value if not _link_char_allowed(ch, ascii_allowed)]
+    if bad:
+        fixed = "".join(
+            ch if _link_char_allowed(ch, ascii_allowed) else _percent_encode(ch) for ch in value
+        )
+        raise _error(
+            "link_character",
+            f"{value!r} contains {_char_name(bad[0])}, which a link cannot hold as it is; "
+            f"percent-encode it as {_percent_encode(bad[0])} (write {fixed!r})",
+        )
+    if _BAD_PERCENT.search(value):
+        raise _error(
+            "link_character",
+            f"{value!r} has '%' not followed by two hex digits; write a literal '%' as %25",
+        )
+
+
+# A DOI may hold any printable character (the DOI
+# 10.1002/(SICI)1097-4571(199806)49:8<693::AID-ASI4>3.0.CO;2-0 exists). Here a DOI is written as
+# it goes into https://doi.org/<doi>, with `<`, `>`, quotes, spaces, `?`, `#` and the like
+# percent-encoded, as the DOI Handbook allows (that one is
+# 10.1002/(SICI)1097-4571(199806)49:8%3C693::AID-ASI4%3E3.0.CO;2-0): safe in every link.
+DOI_PATTERN = r"^10\.[0-9]{4,9}/" + _DOI_CHARS + r"+$"
+_DOI = re.compile(r"^10\.[0-9]{4,9}/\S+$")
+_DOI_START = re.compile(r"^10\.[0-9]{4,9}/.")
 
 
 def _check_doi(value: str) -> str:
-    if _DOI.match(value):
-        return value
+    if len(value) > MAX_URL_CHARS:
+        raise _error("doi", f"is {len(value)} characters; keep it to {MAX_URL_CHARS} or fewer")
+    if _DOI_START.match(value):
+        _check_link_chars(value, _DOI_ASCII)
+        if _DOI.match(value):
+            return value
     stripped = re.sub(r"^(?:https?://(?:dx\.)?doi\.org/|doi:\s*)", "", value.strip(), flags=re.I)
     tail = f"; did you mean {stripped!r}?" if stripped != value and _DOI.match(stripped) else ""
     raise _error("doi", f"{value!r} is not a bare DOI such as '10.1109/CVPR52729.2023.00123'{tail}")
@@ -187,7 +417,12 @@ def _check_doi(value: str) -> str:
 Doi = Annotated[
     StrictStr,
     AfterValidator(_check_doi),
-    _string_schema(DOI_PATTERN, "Bare DOI, no resolver URL.", ["10.1109/TPAMI.2023.3263826"]),
+    _string_schema(
+        DOI_PATTERN,
+        "Bare DOI, no resolver URL; characters a link cannot hold percent-encoded (%3C for <).",
+        ["10.1109/TPAMI.2023.3263826"],
+        maxLength=MAX_URL_CHARS,
+    ),
 ]
 
 OPENREVIEW_PATTERN = r"^[A-Za-z0-9_-]{5,20}$"
@@ -259,13 +494,28 @@ IeeeId = Annotated[
 
 # --- links ------------------------------------------------------------------------------------
 
-URL_PATTERN = r"^https://[A-Za-z0-9.-]+\.[A-Za-z]{2,}(?:[/?#]\S*)?$"
-_URL = re.compile(URL_PATTERN)
+# Host names: dot-separated labels of letters, digits and inner hyphens (no empty label).
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+URL_PATTERN = r"^https://" + _HOST + r"(?:[/?#]" + _URL_CHARS + r"*)?$"
+_URL = re.compile(r"^https://" + _HOST + r"(?:[/?#]\S*)?$")
+_URL_START = re.compile(r"^https://" + _HOST + r"(?:[/?#]|$)")
+
+
+def _check_url_length(value: str) -> None:
+    if len(value) > MAX_URL_CHARS:
+        raise _error(
+            "url",
+            f"is {len(value)} characters; keep it to {MAX_URL_CHARS} or fewer (a link that long "
+            "is not a paper's)",
+        )
 
 
 def _check_url(value: str) -> str:
-    if _URL.match(value):
-        return value
+    _check_url_length(value)
+    if _URL_START.match(value):
+        _check_link_chars(value, _URL_ASCII)
+        if _URL.match(value):
+            return value
     if value.startswith("http://") and _URL.match("https://" + value[7:]):
         raise _error("url", f"{value!r} uses http; write {'https://' + value[7:]!r}")
     raise _error("url", f"{value!r} is not an https URL such as 'https://arxiv.org/abs/2210.09461'")
@@ -274,14 +524,22 @@ def _check_url(value: str) -> str:
 HttpsUrl = Annotated[
     StrictStr,
     AfterValidator(_check_url),
-    _string_schema(URL_PATTERN, "An https URL.", ["https://arxiv.org/abs/2210.09461"]),
+    _string_schema(
+        URL_PATTERN,
+        "An https URL; characters a link cannot hold percent-encoded (%20 for a space).",
+        ["https://arxiv.org/abs/2210.09461"],
+        maxLength=MAX_URL_CHARS,
+    ),
 ]
 
 GITHUB_PATTERN = (
     r"^https://github\.com/[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?/"
+    r"[A-Za-z0-9._-]+(?<!\.git)(?:/tree/(?:(?![?#])" + _URL_CHARS + r")*[A-Za-z0-9\-._~%])?$"
+)
+_GITHUB = re.compile(
+    r"^https://github\.com/[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?/"
     r"[A-Za-z0-9._-]+(?<!\.git)(?:/tree/[^\s?#]+[^\s?#/])?$"
 )
-_GITHUB = re.compile(GITHUB_PATTERN)
 _GITHUB_REPO = re.compile(
     r"^https?://(?:www\.)?github\.com/([^/\s?#]+)/([^/\s?#]+)(/tree/[^\s?#]+)?"
 )
@@ -300,7 +558,9 @@ def normalize_github(value: str) -> str | None:
 
 def _check_code(value: str) -> str:
     if re.match(r"^https?://(?:www\.)?github\.com/", value):
+        _check_url_length(value)
         if _GITHUB.match(value):
+            _check_link_chars(value, _URL_ASCII)
             return value
         hint = normalize_github(value)
         tail = f"; did you mean {hint!r}?" if hint and hint != value else ""
@@ -318,17 +578,23 @@ CodeUrl = Annotated[
     AfterValidator(_check_code),
     _string_schema(
         [
-            r"^https://(?!(?:www\.)?github\.com/)[A-Za-z0-9.-]+\.[A-Za-z]{2,}(?:[/?#]\S*)?$",
+            r"^https://(?!(?:www\.)?github\.com/)" + _HOST + r"(?:[/?#]" + _URL_CHARS + r"*)?$",
             GITHUB_PATTERN,
         ],
         "Official code repository; GitHub links as https://github.com/<owner>/<repo>.",
         ["https://github.com/facebookresearch/ToMe"],
+        maxLength=MAX_URL_CHARS,
     ),
 ]
 GitHubUrl = Annotated[
     StrictStr,
     AfterValidator(_check_code),
-    _string_schema(GITHUB_PATTERN, "A GitHub repository URL.", ["https://github.com/owner/repo"]),
+    _string_schema(
+        GITHUB_PATTERN,
+        "A GitHub repository URL.",
+        ["https://github.com/owner/repo"],
+        maxLength=MAX_URL_CHARS,
+    ),
 ]
 
 MODULE_PATTERN = r"^reference_impls(?:\.[a-z_][a-z0-9_]*)+$"
@@ -381,7 +647,7 @@ SourceName = Annotated[
 
 
 def _check_year(value: int) -> int:
-    last = _dt.date.today().year + 1
+    last = today().year
     if FIRST_YEAR <= value <= last:
         return value
     raise _error("year", f"{value} is not a plausible year ({FIRST_YEAR} to {last})")
@@ -396,6 +662,11 @@ VENUE_PATTERN = (
 )
 _VENUE = re.compile(r"^(?P<name>.+?) (?P<year>(?:19|20)[0-9]{2})(?: (?P<suffix>[A-Za-z]+))?$")
 _VENUE_BY_LOWER = {name.lower(): name for name in VENUES}
+
+
+def last_venue_year() -> int:
+    """Venues are announced up to a year ahead; a later venue year is a typo."""
+    return today().year + 1
 
 
 def venue_year(venue: str | None) -> int | None:
@@ -427,6 +698,8 @@ def suggest_venue(value: str) -> str | None:
             workshop = True
         if not years:
             return None
+        if int(years[0]) > last_venue_year():
+            return None  # not a venue yet: a typo, which no spelling fixes
         suffix = " Workshop" if workshop else " Findings" if findings else ""
         return f"{name} {years[0]}{suffix}"
     return None
@@ -436,6 +709,11 @@ def _check_venue(value: str) -> str:
     if value == ARXIV_VENUE:
         return value
     match = _VENUE.match(value)
+    if match and int(match.group("year")) > last_venue_year():
+        raise _error(
+            "venue",
+            f"{value!r} is after next year; a venue year is {last_venue_year()} or earlier",
+        )
     if match and match.group("name") in VENUES and match.group("suffix") in (None, *VENUE_SUFFIXES):
         return value
     hint = suggest_venue(value)
@@ -565,12 +843,16 @@ class Paper(BaseModel):
     )
 
     id: Slug = Field(description="Readable slug <shortname>-<year>; equals the file name.")
-    title: Text = Field(description="Title of the work as published.")
-    aliases: Annotated[list[Text], AfterValidator(_unique)] = Field(
-        default_factory=list, description="Other titles and nicknames (e.g. 'ToMe', 'FastV')."
+    title: Title = Field(description="Title of the work as published.")
+    aliases: Annotated[list[Title], AfterValidator(_unique), _at_most(MAX_LIST_ITEMS)] = Field(
+        default_factory=list,
+        description="Other titles and nicknames (e.g. 'ToMe', 'FastV').",
+        json_schema_extra={"maxItems": MAX_LIST_ITEMS},
     )
-    authors: Annotated[list[Text], AfterValidator(_unique)] = Field(
-        default_factory=list, description="Authors in paper order, 'First Last'."
+    authors: Annotated[list[Name], AfterValidator(_unique), _at_most(MAX_AUTHORS)] = Field(
+        default_factory=list,
+        description="Authors in paper order, 'First Last'.",
+        json_schema_extra={"maxItems": MAX_AUTHORS},
     )
     year: Year = Field(description="Year of the first public version (e.g. arXiv v1).")
     venue: Venue | None = Field(
@@ -600,11 +882,13 @@ class Paper(BaseModel):
     paper: HttpsUrl | None = Field(default=None, description="Canonical URL of the paper.")
     code: CodeUrl | None = Field(default=None, description="Official code repository.")
     project: HttpsUrl | None = Field(default=None, description="Project page.")
-    summary: Annotated[Text, Field(max_length=MAX_SUMMARY_CHARS)] | None = Field(
+    summary: Summary | None = Field(
         default=None, description="One to three sentences in our own words."
     )
-    results: Annotated[list[Text], AfterValidator(_unique)] = Field(
-        default_factory=list, description="Headline numbers with their setting."
+    results: Annotated[list[Title], AfterValidator(_unique), _at_most(MAX_LIST_ITEMS)] = Field(
+        default_factory=list,
+        description="Headline numbers with their setting.",
+        json_schema_extra={"maxItems": MAX_LIST_ITEMS},
     )
     impl: ModuleName | None = Field(
         default=None, description="reference_impls module implementing this algorithm."

@@ -7,13 +7,13 @@ video`: either); different filters must all hold. No filter selects everything.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .problems import did_you_mean
 from .taxonomy import Family, Kind, Modality
+from .titles import fold
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,9 @@ def check_filters(filters: Filters) -> None:
 
 
 def _fold(text: str) -> str:
-    """Lowercase without accents, so 'Pruning' finds 'pruning' and 'Muller' finds 'Müller'."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    """Folded as titles are compared (`titles.fold`), so 'Pruning' finds 'pruning' and 'Muller'
+    finds 'Müller'."""
+    return fold(text)
 
 
 def _haystack(record: dict[str, Any]) -> str:

@@ -3,8 +3,19 @@
 Committed generated files (`generated_files`): the record JSON Schema and the awesome lists;
 each says it is generated, and `kb render --check` compares them without writing. The site
 (`build_site`) is generated at build time: its sources go to `build/docs/` (a copy of the
-hand-written `docs/` plus the generated pages), mkdocs builds them into `site/` with `--strict`,
-and Pagefind indexes `site/`. Neither directory is committed.
+hand-written `docs/` plus the generated pages), mkdocs builds them with `--strict`, Pagefind
+indexes the result, and it replaces `site/` in one step. Neither directory is committed.
+
+A build is all or nothing and reproducible: one build at a time (a lock on build/), every stage
+made in a directory of its own process and swapped in only when complete, a killed build's
+leftovers removed by the next one; the same inputs give the same bytes in site/ (no build date,
+Pagefind's index sorted: `pagefind_index`).
+
+Test hook: with `TOKENKB_FAULT=build:<point>` (`outputs.fault`) the build kills itself with
+SIGKILL at that point: `after-sources`, `during-mkdocs` and `during-pagefind` (the step has just
+started), `after-mkdocs`, `after-pagefind`, `before-swap`; `replace-directory:swapped@2` is the
+moment the new site is in place and the old one not yet removed. tests/test_build_faults.py
+uses them.
 """
 
 from __future__ import annotations
@@ -12,19 +23,26 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .outputs import stale_files, write_files
+from .outputs import fault, locked, recover, replace_directory, stale_files, write_files
+from .pagefind_index import PagefindFormatError, normalise_bundle
 from .problems import RecordError
 
 SCHEMA_PATH = Path("schema/paper.schema.json")
-BUILD_DOCS = Path("build/docs")
+BUILD = Path("build")
+BUILD_DOCS = BUILD / "docs"
 SITE = Path("site")
+# A build takes seconds to a minute; a second `kb build` waits this long for the first.
+BUILD_LOCK_TIMEOUT = 600.0
 
 
 def schema_text() -> str:
@@ -54,13 +72,21 @@ def generated_files(root: Path, records: list[dict[str, Any]] | None = None) -> 
 
 
 def write_generated(root: Path, records: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Write the committed generated files that changed; returns the paths written or removed.
+    Under the build lock, so two runs (`kb render`, `kb build`) never mix their files; each file
+    is replaced atomically, and temporary files of a killed run are removed first."""
     files = generated_files(root, records)
-    written = write_files(files)
-    # A modality with no works left has no file any more.
-    for old in sorted((root / "awesome").glob("*.md")):
-        if old not in files:
-            old.unlink()
-            written.append(old)
+    (root / BUILD).mkdir(parents=True, exist_ok=True)
+    with locked(root / BUILD, timeout=BUILD_LOCK_TIMEOUT):
+        for directory in sorted({path.parent for path in files}):
+            if directory.is_dir():
+                recover(directory)
+        written = write_files(files)
+        # A modality with no works left has no file any more.
+        for old in sorted((root / "awesome").glob("*.md")):
+            if old not in files:
+                old.unlink(missing_ok=True)
+                written.append(old)
     return written
 
 
@@ -137,42 +163,133 @@ def benchmark_results(root: Path) -> dict[str, Any]:
     return results
 
 
-def site_sources(root: Path, records: list[dict[str, Any]]) -> Path:
-    """Write build/docs/: a fresh copy of docs/ plus the generated pages. Built in a temporary
-    folder and swapped in, so a failed render leaves the previous sources whole."""
+def site_sources(root: Path, records: list[dict[str, Any]], target: Path) -> Path:
+    """Write the site sources into the new directory `target`: a copy of docs/ plus the
+    generated pages."""
     from .renderers.site import site_files
 
-    target = root / BUILD_DOCS
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(root / "docs", staging)
-    files = site_files(staging, records, implementations(root), benchmark_results(root))
+    shutil.copytree(root / "docs", target)
+    files = site_files(target, records, implementations(root), benchmark_results(root))
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
     return target
 
 
 def build_site(root: Path, records: list[dict[str, Any]], progress: Callable[[str], None]) -> Path:
-    """Render the site sources, build them with mkdocs --strict, index them with Pagefind."""
-    progress("rendering site pages")
-    site_sources(root, records)
-    progress("building the site with mkdocs --strict")
-    _run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f",
-          str(root / "mkdocs.yml")], root)  # fmt: skip
-    progress("indexing the site with Pagefind")
-    _run([sys.executable, "-m", "pagefind", "--site", str(root / SITE), "--quiet"], root)
+    """Render the site sources, build them with mkdocs --strict, index them with Pagefind.
+
+    One build at a time (a lock on build/); each stage is made in a directory of this process
+    (`build/docs.<pid>.tmp`, `build/site.<pid>.tmp`) and put in place with
+    `outputs.replace_directory` only when it is complete, so a failed or killed build leaves the
+    previous build/docs/ and site/ whole. What a killed build left is removed by the next one.
+    Raises BuildError when mkdocs or Pagefind fails, LockTimeout when another build holds the
+    lock for longer than BUILD_LOCK_TIMEOUT seconds.
+    """
+    build = root / BUILD
+    build.mkdir(parents=True, exist_ok=True)
+    with locked(build, timeout=BUILD_LOCK_TIMEOUT):
+        _clean_staging(root)
+        docs, site = (build / f"{name}.{os.getpid()}.tmp" for name in ("docs", "site"))
+        try:
+            progress("rendering site pages")
+            site_sources(root, records, docs)
+            _swap(docs, root / BUILD_DOCS)
+            fault("build:after-sources")
+            progress("building the site with mkdocs --strict")
+            # Not --quiet: mkdocs 1.6 then drops the warnings that --strict counts, and passes.
+            _run(
+                "mkdocs build --strict",
+                [sys.executable, "-m", "mkdocs", "build", "--strict",
+                 "-f", str(root / "mkdocs.yml"), "--site-dir", str(site)],
+                root, during="build:during-mkdocs",
+            )  # fmt: skip
+            fault("build:after-mkdocs")
+            progress("indexing the site with Pagefind")
+            _run(
+                "pagefind",
+                [sys.executable, "-m", "pagefind", "--site", str(site), "--quiet"],
+                root, during="build:during-pagefind",
+            )  # fmt: skip
+            fault("build:after-pagefind")
+            try:
+                normalise_bundle(site / "pagefind")
+            except (PagefindFormatError, OSError, ValueError, KeyError, TypeError) as exc:
+                raise BuildError(f"cannot make the Pagefind index reproducible: {exc}") from None
+            fault("build:before-swap")
+            _swap(site, root / SITE)
+        finally:
+            for staging in (docs, site):
+                shutil.rmtree(staging, ignore_errors=True)
     return root / SITE
+
+
+def _swap(staged: Path, target: Path) -> None:
+    kind = target.name
+    replace_directory(staged, target, staged.with_name(f"{kind}.{os.getpid()}.old"))
+
+
+# `docs.tmp` is the fixed staging name of builds before per-process names.
+_STAGING = re.compile(r"(?P<kind>docs|site)(\.\d+)?\.(?P<state>tmp|old)")
+
+
+def _clean_staging(root: Path) -> None:
+    """Remove what killed builds left in build/ (called under the build lock, so no build that
+    is still running owns any of it). A whole previous tree set aside by a swap that was
+    interrupted between its two renames (no RENAME_EXCHANGE here) is put back first."""
+    targets = {"docs": root / BUILD_DOCS, "site": root / SITE}
+    for entry in sorted((root / BUILD).iterdir()):
+        match = _STAGING.fullmatch(entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        target = targets[match["kind"]]
+        if match["state"] == "old" and not target.exists():
+            os.rename(entry, target)
+        else:
+            shutil.rmtree(entry)
 
 
 class BuildError(Exception):
     """A build step (mkdocs, Pagefind) failed; the message holds its output."""
 
 
-def _run(command: list[str], cwd: Path) -> None:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip()
-        raise BuildError(f"{' '.join(command[1:4])} failed:\n{output}")
+# The build's clock never reaches the site: mkdocs dates its sitemap (lastmod, the gzip header)
+# from SOURCE_DATE_EPOCH when it is set. The records carry no dates finer than a year, so the
+# date is fixed (0: "no date" in a gzip header) unless the caller sets SOURCE_DATE_EPOCH.
+SOURCE_DATE_EPOCH = "0"
+
+
+def _run(step: str, command: list[str], cwd: Path, during: str) -> None:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # a banner of mkdocs-material, not ours
+    env.setdefault("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_die_with_parent(os.getpid()),
+    )  # fmt: skip
+    with process:
+        fault(during)
+        try:
+            output, _ = process.communicate()
+        except BaseException:  # KeyboardInterrupt: stop the step with us
+            process.kill()
+            raise
+    if process.returncode != 0:
+        raise BuildError(f"{step} failed:\n{output.strip()}")
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A step (mkdocs, Pagefind) must not outlive a killed build: it would go on writing into a
+    staging directory that the next build is removing. On Linux the child asks the kernel for
+    SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None).prctl  # looked up here: the child only calls it
+
+    def in_child() -> None:
+        prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request: too late for it
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return in_child

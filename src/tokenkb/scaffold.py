@@ -12,12 +12,14 @@ disagrees with arXiv (title beyond case and punctuation, year, authors, DOI, ven
 `Problem` and leaves the value alone. Every fill is recorded in `sources` as `{source: arxiv}`.
 
 The metadata comes from a client passed in (`tokenkb.sources.arxiv.ArxivClient`, or a fake in
-tests): this module never touches the network. It writes files only through `outputs`, and
-never over a file that changed since it was read.
+tests): this module never touches the network. It writes files only through `outputs`, under
+the lock on the directory (`outputs.locked`), never over a file that changed since it was read,
+and never a text that `kb validate` would reject (`store.check_record_text`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import unicodedata
@@ -29,11 +31,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from .canonical import first_difference
+from .files import read_bytes_bounded
 from .model import DOI_PATTERN, Paper, normalize_arxiv, suggest_venue, venue_year
-from .outputs import write_text_atomic
-from .problems import Problem
-from .store import ParsedYaml, dump_record, parse_record, read_text, record_paths
+from .outputs import LockTimeout, locked, write_text_atomic
+from .problems import Problem, RecordError
+from .store import (
+    MAX_BYTES,
+    ParsedYaml,
+    check_record_text,
+    dump_record,
+    parse_record,
+    read_text,
+    record_paths,
+)
 from .taxonomy import ARXIV_VENUE, Kind, Modality
+from .titles import title_key
 
 if TYPE_CHECKING:
     from .sources.arxiv import ArxivMeta
@@ -72,15 +84,6 @@ class MetadataSource(Protocol):
 def _ascii_fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def title_key(title: str) -> str:
-    """A title reduced to letters and digits: case, punctuation, accents and TeX markup go.
-
-    'H$_2$O: Heavy-Hitter Oracle' and 'H2O: heavy hitter oracle' have the same key.
-    """
-    text = _LATEX_COMMAND.sub("", _ascii_fold(title))
-    return re.sub(r"[^0-9a-z]+", "", text.casefold())
 
 
 def _name_key(name: str) -> str:
@@ -129,10 +132,14 @@ def find_arxiv(papers_dir: Path, arxiv_id: str) -> Path | None:
     """
     if not papers_dir.is_dir():
         return None
-    for path in record_paths(papers_dir):
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+    try:
+        paths = record_paths(papers_dir)
+    except RecordError:  # cannot be listed: writing there will fail, and say why
+        return None
+    for path in paths:
+        try:  # regular files only, never past the size limit: a FIFO or /dev/zero cannot hold us
+            text = read_bytes_bounded(path, MAX_BYTES).decode("utf-8", errors="replace")
+        except OSError:  # not a readable record; kb validate reports it
             continue
         for match in _ARXIV_LINE.finditer(text):
             if normalize_arxiv(match.group(1)) == arxiv_id:
@@ -147,7 +154,10 @@ def _venue_from(meta: ArxivMeta, year: int) -> str | None:
     if venue is None or venue == ARXIV_VENUE:
         return None
     published = venue_year(venue)
-    return venue if published is not None and published >= year else None
+    # A venue can be the next year's conference, never later: '... 2099' is not a fact.
+    if published is None or not year <= published <= meta.updated.year + 1:
+        return None
+    return venue
 
 
 def _valid_doi(value: str | None) -> str | None:
@@ -207,14 +217,56 @@ def new_record(
         raise ScaffoldError(
             f"arXiv {meta.arxiv_id} does not make a valid record: {_validation_summary(exc)}"
         ) from None
-    return papers_dir / f"{record_id}.yaml", dump_record(paper)
+    path, text = papers_dir / f"{record_id}.yaml", dump_record(paper)
+    try:
+        check_record_text(text, path)  # what kb validate checks beyond the schema: size, YAML
+    except RecordError as exc:
+        raise ScaffoldError(
+            f"arXiv {meta.arxiv_id} would make a record that kb validate rejects: "
+            f"{exc.problems[0].message} (arXiv lists {len(meta.authors)} authors and a title of "
+            f"{len(meta.title)} characters); write this record by hand"
+        ) from None
+    return path, text
+
+
+def create_record(
+    meta: ArxivMeta,
+    papers_dir: Path,
+    modality: Sequence[Modality | str],
+    kind: Kind | str = Kind.METHOD,
+    lock_timeout: float = 60.0,
+) -> Path:
+    """Plan and write the new record for `meta` under the lock on `papers_dir`; its path.
+
+    Planning inside the lock means a concurrent `kb new` (or import) has either written its file
+    already, so this one picks the next free id or finds the arXiv id taken, or waits. Raises
+    ScaffoldError as `new_record` does, when the lock is not had in `lock_timeout` seconds, and
+    with `<path>: cannot write: <reason>` when the file cannot be written (nothing is left
+    behind then).
+    """
+    try:
+        with locked(papers_dir, lock_timeout):
+            path, text = new_record(meta, papers_dir, modality, kind)
+            write_new_record(path, text)
+    except LockTimeout as exc:
+        raise ScaffoldError(str(exc)) from None
+    except OSError as exc:  # the lock itself
+        raise ScaffoldError(f"{papers_dir}: cannot write: {_reason(exc)}") from None
+    return path
 
 
 def write_new_record(path: Path, text: str) -> None:
-    """Write a new record atomically; never over an existing file."""
+    """Write a new record atomically; never over an existing file. The caller holds the lock."""
     if path.exists():
         raise ScaffoldError(f"{path} already exists; not overwriting it")
-    write_text_atomic(path, text)
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise ScaffoldError(f"{path}: cannot write: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
 
 
 # --- kb enrich --------------------------------------------------------------------------------
@@ -408,24 +460,69 @@ def _fill(record: StoredRecord, meta: ArxivMeta) -> tuple[Change | None, Problem
             f"filling {', '.join(filled)} from arXiv {meta.arxiv_id} would make the record "
             f"invalid ({_validation_summary(exc)}); fill them by hand",
         )
-    change = Change(record.path, meta.arxiv_id, tuple(filled), record.text, dump_record(new_paper))
-    return change, None
-
-
-def apply_changes(changes: Sequence[Change]) -> list[Path]:
-    """Write every change atomically; a file that changed since it was read is not touched."""
-    stale = [c.path for c in changes if _current_text(c.path) != c.old_text]
-    if stale:
-        raise ScaffoldError(
-            f"{stale[0]} changed since it was read; nothing written, run kb enrich again"
+    new_text = dump_record(new_paper)
+    try:
+        check_record_text(new_text, record.path)
+    except RecordError as exc:
+        return None, Problem(
+            name,
+            1,
+            f"filling {', '.join(filled)} from arXiv {meta.arxiv_id} would make a record that kb "
+            f"validate rejects ({exc.problems[0].message}); fill them by hand",
         )
-    for change in changes:
-        write_text_atomic(change.path, change.new_text)
-    return [change.path for change in changes]
+    return Change(record.path, meta.arxiv_id, tuple(filled), record.text, new_text), None
+
+
+@dataclass
+class Applied:
+    """What `apply_changes` did: the changes written, the files skipped because they changed
+    since they were read, and the error that stopped it (later changes were not tried)."""
+
+    written: list[Change] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+    error: str | None = None
+
+
+def apply_changes(changes: Sequence[Change], lock_timeout: float = 60.0) -> Applied:
+    """Write every change atomically, under the lock on each directory written to.
+
+    Inside the lock each file is read again: one that changed since it was planned is skipped
+    and reported. A write that fails (a read-only directory, a full disk) stops here with one
+    line in `error`; each file is written whole or not at all.
+    """
+    applied = Applied()
+    directories = sorted({change.path.parent for change in changes})
+    try:
+        with contextlib.ExitStack() as stack:
+            for directory in directories:  # in one order, so two writers cannot deadlock
+                stack.enter_context(locked(directory, lock_timeout))
+            for change in changes:
+                if _current_text(change.path) != change.old_text:
+                    applied.skipped.append(
+                        Problem(
+                            str(change.path),
+                            1,
+                            f"changed since kb enrich read it, so {', '.join(change.fields)} "
+                            "were not filled; run kb enrich again",
+                        )
+                    )
+                    continue
+                try:
+                    write_text_atomic(change.path, change.new_text)
+                except OSError as exc:
+                    applied.error = f"{change.path}: cannot write: {_reason(exc)}"
+                    break
+                applied.written.append(change)
+    except LockTimeout as exc:
+        applied.error = str(exc)
+    except OSError as exc:  # a lock
+        where = exc.filename if isinstance(exc.filename, str) else directories[0]
+        applied.error = f"{where}: cannot write: {_reason(exc)}"
+    return applied
 
 
 def _current_text(path: Path) -> str | None:
     try:
-        return path.read_bytes().decode("utf-8")
+        return read_bytes_bounded(path, MAX_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None

@@ -1,10 +1,12 @@
 """Read and write `papers/<id>.yaml`: strict YAML in, canonical YAML out.
 
 Reading is stricter than PyYAML: a duplicate key (which PyYAML silently resolves by keeping the
-last value), an anchor or alias, an explicit tag, a second document, tabs used as indentation,
-bytes that are not UTF-8, an empty or oversized file are all errors with a line number. The
-parser walks libyaml's events (the C parser when present) and builds plain Python values plus a
-map from each field's path to its line, so every pydantic error points at a line.
+last value), an anchor or alias, a merge key, an explicit tag, a second document, tabs used as
+indentation, control characters, bytes that are not UTF-8, an empty or oversized file are all
+errors with a line number. The parser walks libyaml's events (the C parser when present) and
+builds plain Python values plus a map from each field's path to its line, so every pydantic error
+points at a line. Whatever the input, reading returns or raises RecordError: only regular files
+are read, never more than the size limit, and no scalar reaches a constructor that can fail.
 
 Writing produces one canonical form (model field order, defaults left out, unicode kept): load
 then dump of a canonical file gives the same bytes. Writes are atomic (see `outputs`).
@@ -13,7 +15,6 @@ This module does not print and does not decide what to do about problems; caller
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -22,17 +23,17 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from .files import FileTooLarge, directory_entries, is_record_name, read_bytes_bounded, read_problem
 from .model import ENUM_FIELDS, FIELD_NAMES, Paper, Source
 from .outputs import write_text_atomic
 from .problems import Problem, RecordError, did_you_mean
 
-MAX_BYTES = 64 * 1024
+MAX_BYTES = 64 * 1024  # a record file must be smaller than this
 MAX_DEPTH = 8
 SCHEMA_COMMENT = "# yaml-language-server: $schema=../schema/paper.schema.json\n"
 YAML_WIDTH = 1_000_000  # one line per value: a changed word changes one line of the diff
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_STR_TAG = "tag:yaml.org,2002:str"
 _NOKEY = object()  # the mapping frame is waiting for a key
 _DROP = object()  # the value belongs to a duplicate key and is not kept
 
@@ -57,31 +58,36 @@ class ParsedYaml:
         return self.lines.get(loc, 1)
 
 
+def _size_problem(name: str, size: int) -> Problem | None:
+    """The one size rule of a record, used for files read and texts about to be written."""
+    if size < MAX_BYTES:
+        return None
+    return Problem(name, 1, f"file is {size} bytes; a record must be under {MAX_BYTES} bytes")
+
+
 def read_text(path: Path) -> str:
     """The file's text, or RecordError for size, encoding and indentation problems."""
     name = str(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise RecordError(
-                [
-                    Problem(
-                        name, 1, f"file is {size} bytes; a record must be under {MAX_BYTES} bytes"
-                    )
-                ]
-            )
-        data = path.read_bytes()
+        data = read_bytes_bounded(path, MAX_BYTES)
+    except FileTooLarge as exc:
+        data, size = b"", exc.size
     except OSError as exc:
-        raise RecordError([Problem(name, 1, f"cannot read file: {exc.strerror}")]) from None
+        raise RecordError([Problem(name, 1, read_problem(exc, path))]) from None
+    else:
+        size = len(data)
+    too_large = _size_problem(name, size)
+    if too_large is not None:  # checked here too, to name the size of a file that was not read
+        raise RecordError([too_large])
     return decode_text(data, name)
 
 
 def decode_text(data: bytes, name: str) -> str:
-    """The text of a record file's bytes, or RecordError for size, encoding and indentation."""
-    if len(data) > MAX_BYTES:  # the file grew between stat and read
-        raise RecordError(
-            [Problem(name, 1, f"file is over {MAX_BYTES} bytes; a record must be smaller")]
-        )
+    """The text of a record file's bytes, or RecordError for size, encoding, a byte-order mark
+    or no content."""
+    too_large = _size_problem(name, len(data))
+    if too_large is not None:
+        raise RecordError([too_large])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -101,14 +107,6 @@ def decode_text(data: bytes, name: str) -> str:
         raise RecordError(
             [Problem(name, 1, "file starts with a byte-order mark; save it as UTF-8 without BOM")]
         )
-    if "\t" in text:
-        problems = [
-            Problem(name, number, "tab used for indentation; indent with spaces")
-            for number, line in enumerate(text.split("\n"), 1)
-            if "\t" in line[: len(line) - len(line.lstrip(" \t"))]
-        ]
-        if problems:
-            raise RecordError(problems)
     if not text.strip() or all(
         not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()
     ):
@@ -124,13 +122,41 @@ def decode_text(data: bytes, name: str) -> str:
     return text
 
 
+def _tab_problems(text: str, name: str) -> list[Problem]:
+    if "\t" not in text:
+        return []
+    found = (_tab_problem(name, n, line) for n, line in enumerate(text.split("\n"), 1))
+    return [problem for problem in found if problem is not None]
+
+
+def _tab_problem(name: str, number: int, line: str) -> Problem | None:
+    body = line.lstrip(" \t")
+    if "\t" in line[: len(line) - len(body)]:
+        return Problem(name, number, "tab used for indentation; indent with spaces")
+    # No field's value may hold a tab, and after a ':' or '-' libyaml reads a tab as a space
+    # where PyYAML refuses it: refused here, a record reads the same with either. A comment
+    # line may hold one.
+    if "\t" in body and not body.startswith("#"):
+        column = line.index("\t") + 1
+        return Problem(name, number, f"tab at column {column}; use a space instead")
+    return None
+
+
 def check_record_text(text: str, path: Path) -> Paper:
     """The record `text` would be once written to `path`, checked exactly as `kb validate` will
     check the file (size, encoding, YAML, schema); RecordError otherwise. Every writer of records
     (import, new, enrich, fmt) calls this before writing, so nothing writes a file that
     validation then rejects."""
     name = str(path)
-    return parse_record(decode_text(text.encode("utf-8"), name), name, stem=path.stem)[0]
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON '\\ud800' escape
+        line = text.count("\n", 0, exc.start) + 1
+        code = ord(text[exc.start])
+        raise RecordError(
+            [Problem(name, line, f"character U+{code:04X} cannot be written as UTF-8; remove it")]
+        ) from None
+    return parse_record(decode_text(data, name), name, stem=path.stem)[0]
 
 
 def parse_yaml(text: str, name: str) -> ParsedYaml:
@@ -143,6 +169,12 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
     root: Any = None
     documents = 0
     scalar_event, mapping_start, sequence_start = _SCALAR, _MAPPING_START, _SEQUENCE_START
+    # Both YAML readers refuse these characters with a two-line error at a byte or character
+    # offset (and libyaml's C reader raises UnicodeEncodeError on a lone surrogate), and they
+    # disagree on tabs: name each one here, on its own line, before either reader sees the text.
+    bad = _unreadable_characters(text, name) + _tab_problems(text, name)
+    if bad:
+        raise RecordError(sorted(bad))
     loader = _Loader(text)
     get_event = loader.get_event
     try:
@@ -155,16 +187,23 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                 what = exc.problem or exc.context or "malformed YAML"
                 if exc.context and exc.problem:
                     what = f"{exc.context}, {exc.problem}"
-                problems.append(Problem(name, line, f"invalid YAML: {what}"))
+                problems.append(Problem(name, line, f"invalid YAML: {_one_line(what)}"))
                 break
             except yaml.YAMLError as exc:
-                problems.append(Problem(name, 1, f"invalid YAML: {exc}"))
+                problems.append(Problem(name, 1, f"invalid YAML: {_one_line(str(exc))}"))
                 break
             kind = type(event)
             # Node events (scalar, mapping or sequence start, alias) build values; the others
             # close containers or delimit documents.
             if kind is scalar_event:
-                value: Any = _scalar(loader, event) if event.implicit[0] else event.value
+                if event.implicit[0]:
+                    try:
+                        value: Any = _scalar(loader, event)
+                    except _BadScalar as exc:
+                        problems.append(Problem(name, event.start_mark.line + 1, str(exc)))
+                        value = event.value
+                else:
+                    value = event.value
             elif kind is mapping_start:
                 value = {}
             elif kind is sequence_start:
@@ -198,7 +237,8 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                 else:
                     message = f"anchor '&{event.anchor}' is not allowed; remove it"
                 problems.append(Problem(name, line, message))
-            if kind is not _ALIAS and event.tag is not None and event.tag != "!":
+            # '!' too: the parsers disagree on what it makes of an empty value.
+            if kind is not _ALIAS and event.tag is not None:
                 tag = str(event.tag).replace("tag:yaml.org,2002:", "!!")
                 problems.append(Problem(name, line, f"tag {tag!r} is not allowed; remove it"))
             is_container = kind is mapping_start or kind is sequence_start
@@ -220,7 +260,16 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
             frame = stack[-1]
             container, loc, key = frame
             if key is _NOKEY:  # only mapping frames wait for a key
-                if kind is not scalar_event or not isinstance(value, str):
+                if kind is scalar_event and event.implicit[0] and event.value == "<<":
+                    problems.append(
+                        Problem(
+                            name,
+                            line,
+                            "merge key '<<' is not allowed; write the fields out in this mapping",
+                        )
+                    )
+                    frame[2] = _DROP
+                elif kind is not scalar_event or not isinstance(value, str):
                     if kind is scalar_event:
                         what = f"key {event.value!r} is not text"
                     else:
@@ -241,9 +290,13 @@ def parse_yaml(text: str, name: str) -> ParsedYaml:
                     frame[2] = value
                     lines[(*loc, value)] = line
                 if is_container:
-                    stack.append([value, (*loc, "?"), None])
-                    if kind is mapping_start:
-                        stack[-1][2] = _NOKEY
+                    # Deep keys too: `a: {{{{...` kept both parsers busy for seconds.
+                    if len(stack) >= MAX_DEPTH:
+                        problems.append(
+                            Problem(name, line, f"nested more than {MAX_DEPTH} levels deep")
+                        )
+                        break
+                    stack.append([value, (*loc, "?"), _NOKEY if kind is mapping_start else None])
                 continue
             if key is None:  # a sequence frame
                 child: Loc = (*loc, len(container))
@@ -289,7 +342,19 @@ _DOCUMENT_START, _STREAM_END = yaml.DocumentStartEvent, yaml.StreamEndEvent
 # Plain scalars whose first character starts no implicit YAML type (int, float, bool, null,
 # timestamp, ...) are text; the resolver's table is keyed by that first character.
 _IMPLICIT_FIRST = frozenset(k for k in yaml.SafeLoader.yaml_implicit_resolvers if k is not None)
-_TAGS: dict[str, str] = {}  # plain scalar text -> resolved tag; field names and values repeat
+_TAGS: dict[str, str] = {}  # short plain scalar text -> resolved tag; field names and values repeat
+_TAG = "tag:yaml.org,2002:"
+_INT, _FLOAT, _TIMESTAMP = _TAG + "int", _TAG + "float", _TAG + "timestamp"
+# The implicit types a record's values can have. YAML 1.1's other implicit types have no use in
+# a record and no safe constructor: '=' (value) and '<<' (merge, refused as a key) are text.
+_CONSTRUCTED = frozenset({_TAG + "null", _TAG + "bool", _INT, _FLOAT, _TIMESTAMP})
+# No field takes a number this long; a longer one would only make int() slow or refuse it
+# (Python limits decimal conversions to 4300 digits) and fill messages with digits.
+MAX_NUMBER_CHARS = 100
+
+
+class _BadScalar(Exception):
+    """A plain scalar that YAML reads as a number or date but that is not a valid one."""
 
 
 def _scalar(loader: Any, event: Any) -> Any:
@@ -300,12 +365,68 @@ def _scalar(loader: Any, event: Any) -> Any:
     tag = _TAGS.get(value)
     if tag is None:
         tag = loader.resolve(yaml.ScalarNode, value, (True, False))
-        if len(_TAGS) < 50_000:
+        if len(value) <= 64 and len(_TAGS) < 50_000:
             _TAGS[value] = tag
-    if tag == _STR_TAG:
+    if tag not in _CONSTRUCTED:
         return value
-    node = yaml.ScalarNode(tag, value)
-    return loader.yaml_constructors[tag](loader, node)
+    what = "date" if tag == _TIMESTAMP else "number"
+    if tag != _TIMESTAMP and len(value) > MAX_NUMBER_CHARS:
+        raise _BadScalar(
+            f"number {value[:12]}... is {len(value)} characters long; no field takes a number "
+            f"over {MAX_NUMBER_CHARS} characters (quote it if it is text)"
+        )
+    try:
+        return loader.yaml_constructors[tag](loader, yaml.ScalarNode(tag, value))
+    except Exception:  # PyYAML's constructors on hostile text: any failure means "not valid"
+        raise _BadScalar(
+            f"{value!r} is read as a {what} but is not a valid {what}; quote it if it is text"
+        ) from None
+
+
+_UNREADABLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]"
+)
+_LINE_BREAKS = {"\x85": "next line", "\u2028": "line separator", "\u2029": "paragraph separator"}
+
+
+def _unreadable_characters(text: str, name: str) -> list[Problem]:
+    """The first character on each line that YAML refuses, reads as a hidden line break, or
+    reads differently with libyaml and with PyYAML."""
+    problems: list[Problem] = []
+    line, counted, last_line = 1, 0, 0
+    for match in _UNREADABLE.finditer(text):
+        start = match.start()
+        line += text.count("\n", counted, start)  # counted on from the last match: linear
+        counted = start
+        if line == last_line:
+            continue
+        last_line = line
+        column = start - (text.rfind("\n", 0, start) + 1) + 1
+        char = match.group()
+        code = f"U+{ord(char):04X}"
+        if char in _LINE_BREAKS:
+            message = (
+                f"character {code} ({_LINE_BREAKS[char]}) at column {column} is read as a line "
+                "break by YAML; delete it, or use an ordinary line break"
+            )
+        elif char == "\ufeff":  # libyaml skips it at the start of a line, PyYAML keeps it
+            message = (
+                f"character {code} (byte-order mark) at column {column} is read differently by "
+                "YAML readers; delete it"
+            )
+        elif "\ud800" <= char <= "\udfff":
+            message = f"character {code} (a lone surrogate) at column {column}; delete it"
+        else:
+            message = (
+                f"control character {code} at column {column} is not allowed in a record; delete it"
+            )
+        problems.append(Problem(name, line, message))
+    return problems
+
+
+def _one_line(text: str) -> str:
+    """`text` with each run of whitespace (line breaks included) as one space."""
+    return " ".join(text.split())
 
 
 # --- pydantic errors to lines -----------------------------------------------------------------
@@ -358,7 +479,9 @@ def _message(error: Mapping[str, Any], parsed: ParsedYaml) -> str:
     if kind == "bool_type":
         return f"{label}: expected true or false, got {_describe_input(value, raw)}"
     if kind == "list_type":
-        example = value if isinstance(value, str) else "value"
+        # The value itself makes the example, unless it is long or would break the line.
+        short = isinstance(value, str) and len(value) <= 60 and value.isprintable()
+        example = value if short else "value"
         return (
             f"{label}: expected a list, got {_describe_input(value, raw)}; write each item on "
             f"its own line as '- {example}'"
@@ -450,21 +573,22 @@ _Dumper.add_representer(
 
 
 def record_paths(directory: Path) -> list[Path]:
-    """The record files of a papers directory, sorted by name."""
-    names = sorted(
-        entry.name
-        for entry in os.scandir(directory)
-        if entry.name.endswith(".yaml") and not entry.name.startswith(".")
-    )
-    return [directory / name for name in names]
+    """The record files of a papers directory, sorted by name; RecordError when it cannot be
+    listed. Entries are not checked to be files here: reading one that is not reports it."""
+    return [directory / e.name for e in directory_entries(directory) if is_record_name(e.name)]
 
 
 def misnamed_files(directory: Path) -> Iterator[Problem]:
     """Files in a papers directory that look like records but would be ignored."""
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        path = Path(entry.path)
-        if entry.name.startswith(".") or entry.is_dir():
+    for entry in directory_entries(directory):
+        if entry.name.startswith("."):
             continue
+        try:
+            if entry.is_dir():
+                continue
+        except OSError:  # unreadable or gone: no file to rename either way
+            continue
+        path = Path(entry.path)
         if path.suffix in (".yml", ".YAML", ".YML"):
             yield Problem(
                 str(path), 1, f"records use the .yaml extension; rename to {path.stem + '.yaml'!r}"

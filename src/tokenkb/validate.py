@@ -8,16 +8,18 @@ problems; it does not print.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
-import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .problems import Problem, RecordError
+from .problems import Problem, RecordError, did_you_mean
 from .store import misnamed_files, parse_record, read_text, record_paths
+from .titles import title_key
 
 PARALLEL_THRESHOLD = 1000
 CHUNK = 500
@@ -55,6 +57,10 @@ def check_file(path: Path, keep_record: bool = False) -> Checked:
         paper, parsed = parse_record(read_text(path), name, stem=path.stem)
     except RecordError as exc:
         return Checked(name, exc.problems)
+    if paper.impl is not None:
+        missing = impl_problem(paper.impl)
+        if missing:
+            return Checked(name, [Problem(name, parsed.line(("impl",)), missing)])
     names = [("title", paper.title, parsed.line(("title",)))]
     names += [
         ("alias", alias, parsed.line(("aliases", index)))
@@ -70,6 +76,32 @@ def check_file(path: Path, keep_record: bool = False) -> Checked:
         names=names,
         record=paper.model_dump(mode="json") if keep_record else None,
     )
+
+
+@functools.cache
+def _impls_root() -> Path | None:
+    """Where the reference_impls package lives, found without importing it (no torch)."""
+    spec = importlib.util.find_spec("reference_impls")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def impl_problem(module: str) -> str | None:
+    """Why `impl` names no module of reference_impls, or None when the module exists."""
+    root = _impls_root()
+    if root is None:
+        return f"impl: {module!r} cannot be checked: the reference_impls package is not installed"
+    target = root.joinpath(*module.split(".")[1:])
+    if target.with_suffix(".py").is_file() or (target / "__init__.py").is_file():
+        return None
+    known = sorted(
+        "reference_impls." + ".".join(p.relative_to(root).with_suffix("").parts)
+        for p in root.rglob("*.py")
+        if p.name != "__init__.py"
+    )
+    hint = did_you_mean(module, known) or "; `kb impls` lists the modules"
+    return f"impl: module {module!r} does not exist{hint}"
 
 
 def _check_chunk(paths: list[str], keep_records: bool) -> list[Checked]:
@@ -89,10 +121,6 @@ def check_files(
         for part in pool.map(_check_chunk, chunks, [keep_records] * len(chunks)):
             results.extend(part)
     return results
-
-
-def _normal_name(name: str) -> str:
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", name.casefold()).split())
 
 
 def cross_record_problems(checked: Iterable[Checked]) -> list[Problem]:
@@ -133,7 +161,7 @@ def cross_record_problems(checked: Iterable[Checked]) -> list[Problem]:
             else:
                 seen[value] = item
         for kind, name, line in item.names:
-            key = _normal_name(name)
+            key = title_key(name)
             if not key:
                 continue
             if key in names and names[key][0].id != item.id:
@@ -157,9 +185,14 @@ def collect_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
     files: list[Path] = []
     problems: list[Problem] = []
     for path in paths:
-        if path.is_dir():
-            files.extend(record_paths(path))
-            problems.extend(misnamed_files(path))
+        # os.path.isdir, not Path.is_dir: it is False (never an OSError) for what cannot be
+        # stat'ed, which then is read as a file and reported as one.
+        if os.path.isdir(path):
+            try:
+                files.extend(record_paths(path))
+                problems.extend(misnamed_files(path))
+            except RecordError as exc:  # the directory cannot be listed
+                problems.extend(exc.problems)
         else:
             files.append(path)
     if len(paths) == 1:
@@ -167,7 +200,7 @@ def collect_paths(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
     seen: set[Path] = set()
     unique = []
     for path in files:
-        resolved = path.resolve()
+        resolved = Path(os.path.realpath(path))  # Path.resolve raises on a symlink loop
         if resolved not in seen:
             seen.add(resolved)
             unique.append(path)

@@ -2,24 +2,43 @@
 sources (generated at build time into `build/docs/`). Nothing here writes files: callers get
 `{path: text}` and hand it to `outputs`.
 
-All text that comes from a record is escaped for the format it lands in (`formats.md_escape`,
-jinja2 autoescaping for HTML), so a title with `<script>`, `|`, `](` or backticks
-shows literally everywhere.
+Every value that comes from a record is escaped for the place it lands in, even though records
+are validated first: text with the `md` filter (`formats.md_escape`), link targets with `url`
+(`formats.md_url`: percent-encoded, http(s) only), code spans with `code`, heading anchors with
+`anchor`, HTML with `e` (or `html` in Python). So a title with `<script>`, `|`, `](` or
+backticks shows literally everywhere, and no URL can end its link or carry a script.
 """
 
 from __future__ import annotations
 
+import re
+from html import escape
 from typing import Any
 
 import jinja2
 
-from ..formats import md_escape
+from ..formats import md_code, md_escape, md_path, md_url
 from ..taxonomy import MEANINGS, Family, Modality
 
+_LINE_BREAKS = re.compile(r"[\r\n\f\v\x85\u2028\u2029]+")
 
-def url(text: str) -> str:
-    """A URL safe inside markdown link parentheses (records hold validated https URLs)."""
-    return text.replace("(", "%28").replace(")", "%29").replace(" ", "%20").replace("|", "%7C")
+
+def html_text(value: object) -> str:
+    """`value` escaped for HTML text or a quoted attribute, on one line: a blank line inside a
+    raw HTML block would end the block and let Markdown read the rest."""
+    return escape(_LINE_BREAKS.sub(" ", str(value)), quote=True)
+
+
+def fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so `text` cannot close it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def anchor(text: object) -> str:
+    """A heading id (`{ #id }`) and the `#id` that links to it: lowercase letters, digits and
+    hyphens only, so that it cannot close the attribute list it is written in."""
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "-"
 
 
 def environment() -> jinja2.Environment:
@@ -31,8 +50,12 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["md"] = md_escape
-    env.filters["url"] = url
+    env.filters["md"] = lambda value: md_escape(str(value))
+    env.filters["url"] = md_url
+    env.filters["path"] = md_path
+    env.filters["html"] = html_text
+    env.filters["code"] = lambda value: md_code(str(value))
+    env.filters["anchor"] = anchor
     return env
 
 

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from html import escape
 from pathlib import Path
 from typing import Any
 
 from ..bibtex import bibliography, entry
 from ..formats import JSON_KEYS
-from . import FAMILY_ORDER, MODALITY_ORDER, MODALITY_TITLES, environment, sort_newest_first
+from . import (
+    FAMILY_ORDER,
+    MODALITY_ORDER,
+    MODALITY_TITLES,
+    environment,
+    fence,
+    sort_newest_first,
+)
 
 FAMILY_COLOURS = {
     "pruning": "#1f77b4",
@@ -166,15 +172,19 @@ def site_files(
         )
     for r in records:
         impl = impls.get(r["impl"]) if r.get("impl") else None
+        # The usage snippet is code, printed as it is: only for a dotted Python name.
+        module = r.get("impl") or ""
+        dotted = "." in module and all(part.isidentifier() for part in module.split("."))
+        bibtex = entry(r)
         files[out / "papers" / f"{r['id']}.md"] = env.get_template("site_paper.md").render(
             r=r,
             tf=training_free_label(r),
-            bibtex=entry(r),
+            bibtex=bibtex,
+            bibtex_fence=fence(bibtex),
             impl=impl,
-            impl_path=r["impl"].replace(".", "/") + ".py" if r.get("impl") else None,
-            impl_package=r["impl"].rsplit(".", 1)[0] if r.get("impl") else None,
-            impl_name=r["impl"].rsplit(".", 1)[1] if r.get("impl") else None,
-            html=escape,
+            impl_path=module.replace(".", "/") + ".py" if module else None,
+            impl_package=module.rsplit(".", 1)[0] if dotted else None,
+            impl_name=module.rsplit(".", 1)[1] if dotted else None,
         )
     files.update(results_files(out, records, impls, results or {}))
     files[out / "papers.json"] = json_export(records)
