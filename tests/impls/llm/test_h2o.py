@@ -13,7 +13,10 @@ from reference_impls.kv.h2o import (
     Config,
     accumulated_attention,
     config_for,
+    heavy_recent_mask,
+    local_heavy_hitter_mask,
     make_press,
+    masked_scores,
     recent_count,
 )
 from reference_impls.llm.llama import TINY_LLAMA, KVCache, generate
@@ -182,6 +185,132 @@ def test_matches_naive_loop(T: int, keep: float, heavy: float, sinks: int, seed:
     for (b, g), score in scores.items():
         expected = [score[p] for p in held[-1][b][g]]
         torch.testing.assert_close(accumulated[b, g].tolist(), expected, rtol=1e-12, atol=1e-12)
+
+
+# --- the official absolute budget: hh_size + recent_size -----------------------------------------
+
+
+def test_absolute_budget_needs_both_sizes() -> None:
+    with pytest.raises(AssertionError):
+        Config(hh_size=4)
+    with pytest.raises(AssertionError):
+        Config(hh_size=-1, recent_size=2)
+    assert Config(hh_size=0, recent_size=3).absolute and not Config().absolute
+
+
+@pytest.mark.parametrize(
+    ("T", "hh", "recent", "seed"),
+    [(8, 6, 6, 0), (12, 4, 8, 1), (30, 5, 7, 2), (20, 0, 6, 3), (20, 6, 0, 4), (3, 2, 2, 5)],
+)
+def test_absolute_budget_matches_naive_loop(T: int, hh: int, recent: int, seed: int) -> None:
+    """A prompt that fits is kept whole (and scored); as soon as the cache holds more than
+    hh_size + recent_size entries, prefill or decode, the loop's entry is evicted."""
+    generator = torch.Generator().manual_seed(seed)
+    n = hh + recent
+    prefill_attn = causal_attention(2, T, generator)
+    rows = [
+        row_attention(2, min(T, n) + 1 + min(step, max(0, n - T)), generator, own=4.0)
+        for step in range(12)
+    ]
+    press = make_press(Config(hh_size=hh, recent_size=recent))
+    ours = run_press(press, prefill_attn, rows)
+    held, scores = naive_h2o(prefill_attn, rows, n, recent, 0)
+    assert [positions.tolist() for positions in ours] == held
+    assert ours[0].shape[2] == min(T, n)
+    assert ours[-1].shape[2] == min(T + 12, n)
+    accumulated = press.state[0][2]  # type: ignore[index]
+    for (b, g), score in scores.items():
+        expected = [score[p] for p in held[-1][b][g]]
+        torch.testing.assert_close(accumulated[b, g].tolist(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_absolute_budget_evicts_during_generation() -> None:
+    """On the tiny model a 10-token prompt under a budget of 12 stays whole, then every layer
+    holds exactly 12 entries from the third generated token on."""
+    model = tiny_llama()
+    press = make_press(Config(hh_size=4, recent_size=8))
+    tokens, cache = generate(model, prompt(10), max_new_tokens=6, press=press)
+    assert tokens.shape == (1, 6) and cache.seen == 15
+    assert {cache.length(layer) for layer in range(TINY_LLAMA.depth)} == {12}
+
+
+# --- the masked-attention variant (local_heavy_hitter_mask) ------------------------------------
+
+
+def naive_local_heavy_hitter_mask(probs: list[list[float]], h: int) -> list[list[bool]]:
+    """One head, plain loops: rows before h see the first block causally; row t >= h sees the
+    h - 1 best accumulated scores (earlier first among equals) and itself, then adds its own
+    attention and zeroes the scores it did not see."""
+    T = len(probs)
+    mask = [[i < h and j < h and j <= i for j in range(T)] for i in range(T)]
+    score = [sum(probs[i][j] for i in range(min(h, T))) if j < h else 0.0 for j in range(T)]
+    for t in range(h, T):
+        row = set(sorted(range(T), key=lambda j: (-score[j], j))[: h - 1]) | {t}
+        mask[t] = [j in row and j <= t for j in range(T)]
+        score = [score[j] + probs[t][j] if j in row else 0.0 for j in range(T)]
+    return mask
+
+
+def causal_scores(B: int, heads: int, T: int, seed: int, dtype: torch.dtype = torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    scores = 2 * torch.randn(B, heads, T, T, generator=generator, dtype=torch.float64)
+    return scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).to(dtype)
+
+
+@pytest.mark.parametrize(
+    ("T", "h", "seed"), [(9, 3, 0), (16, 1, 1), (12, 5, 2), (6, 6, 3), (5, 8, 4)]
+)
+def test_local_heavy_hitter_mask_matches_naive_loop(T: int, h: int, seed: int) -> None:
+    scores = causal_scores(2, 3, T, seed)
+    mask = local_heavy_hitter_mask(scores, h)
+    probs = scores.softmax(dim=-1)
+    for b in range(2):
+        for head in range(3):
+            expected = naive_local_heavy_hitter_mask(probs[b, head].tolist(), h)
+            assert mask[b, head].tolist() == expected
+    # every row after the first block sees exactly h keys, the diagonal among them
+    for t in range(h, T):
+        assert (mask[..., t, :].sum(-1) == h).all() and mask[..., t, t].all()
+
+
+def test_local_heavy_hitter_mask_hand_case() -> None:
+    """One head, T = 4, h = 2. Attention rows (causal): r0 = [1], r1 = [.9 .1], r2 = [.2 .7 .1],
+    r3 = [.5 .1 .1 .3]. Scores after rows 0-1: [1.9, .1]; row 2 keeps the best one (key 0) and
+    itself: [1, 0, 1, 0]; scores become [2.1, 0, .1] (key 1 evicted); row 3 keeps key 0."""
+    probs = torch.tensor(
+        [[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0.2, 0.7, 0.1, 0], [0.5, 0.1, 0.1, 0.3]],
+        dtype=torch.float64,
+    )
+    scores = probs.log()  # softmax(log p) = p; log 0 = -inf is the causal mask
+    mask = local_heavy_hitter_mask(scores, 2).int().tolist()
+    assert mask == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1]]
+    assert not local_heavy_hitter_mask(scores, 0).any()  # no heavy budget: nothing
+
+
+def test_heavy_recent_mask_adds_the_band_and_stays_causal() -> None:
+    """T = 10: heavy 0.2 -> 2 keys, recent 0.3 -> the 3 previous tokens and itself."""
+    scores = causal_scores(1, 2, 10, 7)
+    mask = heavy_recent_mask(scores, 0.2, 0.3)
+    heavy = local_heavy_hitter_mask(scores, 2)
+    for i in range(10):
+        for j in range(10):
+            band = i - 3 <= j <= i
+            assert bool(mask[0, 0, i, j]) == (j <= i and (band or bool(heavy[0, 0, i, j])))
+    assert not mask.triu(1).any()
+    only_band = heavy_recent_mask(scores, 0.0, 0.3)
+    assert only_band[0, 0].sum(-1).tolist() == [1, 2, 3, 4, 4, 4, 4, 4, 4, 4]
+
+
+def test_masked_scores_in_half_precision() -> None:
+    """fp16 scores: masked entries get fp16's minimum, kept ones are unchanged, the mask equals
+    the one computed from the same scores in float32 for these well-separated values."""
+    scores = causal_scores(1, 2, 12, 8, torch.float16)
+    out = masked_scores(scores, 0.25, 0.25)
+    keep = heavy_recent_mask(scores, 0.25, 0.25)
+    assert out.dtype == torch.float16
+    assert (out[~keep] == torch.finfo(torch.float16).min).all()
+    assert torch.equal(out[keep], scores[keep])
+    assert torch.equal(keep, heavy_recent_mask(scores.float(), 0.25, 0.25))
 
 
 def test_smollm2_heavy_hitters_beat_a_plain_window(smollm2) -> None:  # noqa: F811

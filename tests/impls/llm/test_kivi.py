@@ -207,6 +207,123 @@ def test_smollm2_answers_with_a_2bit_cache(smollm2) -> None:  # noqa: F811
     assert tokenizer.decode(tokens[0]).startswith(" Paris")
     assert press.splits[0].keys == 32 and press.splits[0].values == cache.length(0) - 16
     assert press.packed_bytes(cache) < 0.5 * cache.nbytes() / 2
+    # the real packed cache: the same next token, int32 words of 16 codes; 40% of fp32 here (33
+    # tokens: the 16 full-precision values and the fp32 scales weigh on so short a prompt)
+    packed = kivi.KiviCache(kivi.Config(bits=2, group=16, residual=16))
+    with torch.no_grad():
+        logits = model(ids, packed)
+    assert int(logits[0, -1].argmax()) == int(tokens[0, 0])
+    assert packed.keys.layers[0].quantized.words.dtype == torch.int32  # type: ignore[attr-defined]
+    full = sum(2 * 3 * packed.length(layer) * 64 * 4 for layer in range(len(packed)))
+    assert packed.nbytes() < 0.45 * full
+
+
+# --- real packed storage: KiviCache ------------------------------------------------------------
+
+
+def test_pack_codes_hand_computed() -> None:
+    """Code j of a word sits at bits [j * bits, (j + 1) * bits), the official layout."""
+    codes = torch.zeros(1, 16, dtype=torch.long)
+    codes[0, 0], codes[0, 15] = 3, 1  # 2 bits: 3 + (1 << 30)
+    assert kivi.pack_codes(codes, 2, dim=1).tolist() == [[3 + 2**30]]
+    codes[0, 15] = 2  # bit 31 set: the int32 word reads negative, its bits are the same
+    word = kivi.pack_codes(codes, 2, dim=1)
+    assert word.dtype == torch.int32 and word.tolist() == [[3 + 2**31 - 2**32]]
+    assert torch.equal(kivi.unpack_codes(word, 2, dim=1).long(), codes)
+    small = kivi.pack_codes(torch.tensor([[1, 2, 3, 0]]), 2, dim=1, word_bits=8)
+    assert small.dtype == torch.uint8 and small.tolist() == [[1 + (2 << 2) + (3 << 4)]]
+    with pytest.raises(ValueError, match="words"):
+        kivi.pack_codes(torch.zeros(1, 8, dtype=torch.long), 2, dim=1)  # 8 codes, 16 per word
+
+
+@pytest.mark.parametrize(
+    ("bits", "word_bits", "dim"), [(2, 32, 2), (4, 32, 3), (8, 8, 2), (2, 8, 3)]
+)
+def test_pack_roundtrip(bits: int, word_bits: int, dim: int) -> None:
+    generator = torch.Generator().manual_seed(bits + dim)
+    codes = torch.randint(0, 2**bits, (2, 3, 32, 16), generator=generator)
+    words = kivi.pack_codes(codes, bits, dim, word_bits)
+    assert words.shape[dim] == codes.shape[dim] * bits // word_bits
+    assert torch.equal(kivi.unpack_codes(words, bits, dim).long(), codes)
+
+
+def test_kivi_cache_equals_the_press_on_the_model() -> None:
+    """Same logits at prefill and every decoding step as the press form, entry for entry; the
+    split and the bytes held equal what the press reports (fp32 model: float_bytes 4)."""
+    config = kivi.Config(bits=2, group=4, residual=8, float_bytes=4, word_bits=8)
+    model = tiny_llama()
+    ids = prompt(30)
+    plain, packed, press = KVCache(), kivi.KiviCache(config), kivi.make_press(config)
+    with torch.no_grad():
+        for start, stop in ((0, 21), *((t, t + 1) for t in range(21, 30))):
+            a = model(ids[:, start:stop], plain, press)
+            b = model(ids[:, start:stop], packed)
+            assert torch.equal(a, b)
+    assert packed.seen == 30 and packed.length(0) == 30 and packed.length(5) == 0
+    for layer in range(TINY_LLAMA.depth):
+        assert packed.quantized(layer) == press.splits[layer] == kivi.LayerSplit(24, 22)
+        assert torch.equal(packed.keys[layer], plain.keys[layer])
+        assert torch.equal(packed.values[layer], plain.values[layer])
+    # tiny heads: a float32 scale and zero per 4 entries cost more than the 2-bit codes save
+    assert packed.nbytes() == press.packed_bytes(plain) == 7656 < plain.nbytes() == 11520
+
+
+def test_kivi_cache_holds_packed_words() -> None:
+    """What is stored is integer words, scales, zero points and the residual, nothing else."""
+    config = kivi.Config(bits=4, group=4, residual=8, word_bits=8)
+    cache = kivi.KiviCache(config)
+    with torch.no_grad():
+        tiny_llama()(prompt(21), cache)
+    side = cache.keys
+    stored = side.layers[0]  # type: ignore[attr-defined]
+    assert stored.quantized.words.dtype == torch.uint8
+    assert stored.quantized.words.shape == (1, H, 16 // 2, D)  # 2 codes of 4 bits per byte
+    assert stored.residual.shape == (1, H, 5, D)
+    values = cache.values.layers[0]  # type: ignore[attr-defined]
+    assert values.quantized.words.shape == (1, H, 13, D // 2) and values.residual.shape[2] == 8
+    # nothing else is held behind a view: every stored tensor owns exactly its bytes
+    held = 0
+    for side in (cache.keys, cache.values):
+        for layer in side.layers:  # type: ignore[attr-defined]
+            tensors = (layer.quantized.words, layer.quantized.scale, layer.quantized.zero)
+            for t in (*tensors, layer.residual):
+                assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+                held += t.untyped_storage().nbytes()
+    assert held == cache.nbytes()
+
+
+def test_kivi_cache_bytes_against_fp16() -> None:
+    """One layer, 3 KV heads, 1024 tokens, head_dim 64, float16, 2 bits, G = 32, R = 128 (the
+    official settings): 187,392 bytes held, 23.8% of the 786,432 of the float16 cache.
+    Keys: 1024 quantized: 1024 * 64 / 16 words * 4 B + 32 groups * 64 * 2 * 2 B, per head;
+    values: 896 quantized: 896 * 4 words * 4 B + 896 * 2 groups * 2 * 2 B, 128 fp16 rows."""
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(1, 3, 1024, 64, generator=generator).half()
+    values = torch.randn(1, 3, 1024, 64, generator=generator).half()
+    cache = kivi.KiviCache(kivi.Config())
+    cache.keys.append(keys)
+    cache.values.append(values)
+    per_head = (16384 + 8192) + (14336 + 7168 + 16384)
+    assert cache.nbytes() == 3 * per_head == 187_392
+    assert (keys.numel() + values.numel()) * 2 == 786_432
+    assert cache.quantized(0) == kivi.LayerSplit(1024, 896)
+    # what the model reads back is KIVI's quantized cache
+    assert torch.equal(cache.keys[0], kivi.quantize_keys(keys, 2, 32))
+    assert torch.equal(cache.values[0][:, :, :896], kivi.quantize_values(values[:, :, :896], 2, 32))
+    assert torch.equal(cache.values[0][:, :, 896:], values[:, :, 896:])
+
+
+def test_kivi_cache_checks_word_fit_and_is_plain_at_16_bits() -> None:
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="word_bits=8"):  # head_dim 8 < 16 codes per int32
+        model(prompt(10), kivi.KiviCache(kivi.Config(bits=2, group=4, residual=16)))
+    assert kivi.config_for(0.2, head_dim=8).word_bits == 8
+    assert kivi.config_for(0.2, head_dim=64).word_bits == 32
+    ids = prompt(12)
+    with torch.no_grad():
+        plain, full = KVCache(), kivi.KiviCache(kivi.config_for(1.0))
+        assert torch.equal(model(ids, plain), model(ids, full))
+    assert full.nbytes() == plain.nbytes()
 
 
 # --- (iii) equivalence with a naive loop ---------------------------------------------------------

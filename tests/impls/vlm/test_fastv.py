@@ -7,6 +7,7 @@ import torch
 
 from reference_impls.llm.llama import KVCache
 from reference_impls.vlm import fastv
+from reference_impls.vlm.llava import LlmState
 
 from .common import DEPTH, PREFIX, SUFFIX, N, capture_llm, inputs, tiny_llava
 
@@ -21,6 +22,25 @@ def naive_kept(attn: torch.Tensor, start: int, n: int, k: int) -> list[list[int]
         ranked = sorted(range(n), key=lambda j: (-score[j], j))
         kept.append(sorted(ranked[:k]))
     return kept
+
+
+def check_kept(
+    state: LlmState,
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    expected: list[list[int]],
+    k: int,
+) -> None:
+    """Every text token unchanged at its position; the image tokens `expected[b]`."""
+    for b in range(len(expected)):
+        image = [p - PREFIX for p in positions[b, PREFIX : PREFIX + k].tolist()]
+        assert image == expected[b]
+        assert positions[b, :PREFIX].tolist() == list(range(PREFIX))
+        assert positions[b, PREFIX + k :].tolist() == list(range(PREFIX + N, PREFIX + N + SUFFIX))
+        torch.testing.assert_close(hidden[b, -SUFFIX:], state.hidden[b, -SUFFIX:], rtol=0, atol=0)
+        torch.testing.assert_close(
+            hidden[b, PREFIX : PREFIX + k], state.hidden[b, [PREFIX + j for j in expected[b]]]
+        )
 
 
 @pytest.mark.parametrize(("layer", "ratio", "k"), [(2, 0.5, 32), (1, 0.25, 48), (3, 0.9, 6)])
@@ -41,23 +61,36 @@ def test_counts_at_every_layer_and_in_the_cache(layer: int, ratio: float, k: int
 
 
 @torch.no_grad()
-def test_selection_equals_the_naive_rule() -> None:
+def test_batch_keeps_sample_zeros_choice_as_officially() -> None:
+    """The official code ranks with sample 0's attention and keeps those positions everywhere."""
     model = tiny_llava()
     state = capture_llm(model, 2)
     assert state.attn is not None
     hidden, positions, visual = fastv.FastVReducer(fastv.Config(layer=2, ratio=0.5))(state)
     expected = naive_kept(state.attn, PREFIX, N, 32)
+    assert expected[0] != expected[1]  # the samples would choose differently
     assert visual == 32
-    for b in range(2):
-        image = [p - PREFIX for p in positions[b, PREFIX : PREFIX + 32].tolist()]
-        assert image == expected[b]
-        # text tokens: all of them, unchanged, at their positions
-        assert positions[b, :PREFIX].tolist() == list(range(PREFIX))
-        assert positions[b, PREFIX + 32 :].tolist() == list(range(PREFIX + N, PREFIX + N + SUFFIX))
-        torch.testing.assert_close(hidden[b, -SUFFIX:], state.hidden[b, -SUFFIX:], rtol=0, atol=0)
-        torch.testing.assert_close(
-            hidden[b, PREFIX : PREFIX + 32], state.hidden[b, [PREFIX + j for j in expected[b]]]
-        )
+    check_kept(state, hidden, positions, [expected[0], expected[0]], 32)
+
+
+@torch.no_grad()
+def test_rank_per_sample_equals_the_naive_rule() -> None:
+    model = tiny_llava()
+    state = capture_llm(model, 2)
+    assert state.attn is not None
+    config = fastv.Config(layer=2, ratio=0.5, rank_per_sample=True)
+    hidden, positions, visual = fastv.FastVReducer(config)(state)
+    assert visual == 32
+    check_kept(state, hidden, positions, naive_kept(state.attn, PREFIX, N, 32), 32)
+
+
+@torch.no_grad()
+def test_batch_of_one_is_the_same_either_way() -> None:
+    """With one sample the option changes nothing (the setting of the paper's numbers)."""
+    state = capture_llm(tiny_llava(), 2, batch=1)
+    shared = fastv.FastVReducer(fastv.Config(layer=2, ratio=0.75))(state)
+    own = fastv.FastVReducer(fastv.Config(layer=2, ratio=0.75, rank_per_sample=True))(state)
+    assert torch.equal(shared[0], own[0]) and torch.equal(shared[1], own[1])
 
 
 def test_config_for() -> None:
