@@ -52,10 +52,12 @@ def test_identity_at_keep_rate_one() -> None:
     torch.testing.assert_close(same, reference, rtol=0, atol=0)
 
 
-def test_padding_is_ignored_batch_equals_single_images() -> None:
-    """Images with different kept counts give the same logits batched (padded) as alone."""
+def test_paper_sampling_ignores_padding_batch_equals_single_images() -> None:
+    """With the paper's quantiles, images with different kept counts give the same logits
+    batched (padded) as alone."""
     model, x = peaked_vit(), images(batch=4, seed=3)
-    with torch.no_grad(), ats.patch(model, CONFIG):
+    config = ats.Config(keep_rates=CONFIG.keep_rates, blocks=CONFIG.blocks, sampling="paper")
+    with torch.no_grad(), ats.patch(model, config):
         batched = model(x)
         padded = model.token_counts()
         alone, counts = [], []
@@ -64,6 +66,18 @@ def test_padding_is_ignored_batch_equals_single_images() -> None:
             counts.append(model.token_counts())
     assert any(c != padded for c in counts), "no image was padded: the test would prove nothing"
     torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-4, atol=1e-5)
+
+
+def test_official_normalisation_sees_the_padding() -> None:
+    """As in the official code, zero-significance padding makes the CDF's minimum 0, so the
+    least significant real token is no longer normalised to 0 and can be picked."""
+    x = torch.arange(5, dtype=torch.float64).view(1, 5, 1)
+    scores = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    _, _, alone = ats.adaptive_token_sampling(x, scores, 4)
+    assert 0 not in alone.tolist()[0]
+    padded = torch.cat([torch.zeros(1, 1, dtype=torch.float64), scores], dim=1)  # a pad first
+    _, _, with_pad = ats.adaptive_token_sampling(torch.arange(6.0).view(1, 6, 1), padded, 4)
+    assert 1 in with_pad.tolist()[0] and 0 not in with_pad.tolist()[0]
 
 
 def test_counts_differ_per_image_and_padding_has_size_zero() -> None:
@@ -124,11 +138,48 @@ def test_config_ranges_are_checked() -> None:
         ats.Config(keep_rates=(0.5,), blocks=(1, 2))
 
 
-# --- equivalence with a naive loop ------------------------------------------------------------
+# --- the official sampling, by hand and by a naive loop ------------------------------------------
 
 
-def _naive_ats(x: torch.Tensor, attn: torch.Tensor, v_norm: torch.Tensor, k: int):
-    """ATS written with plain loops: score, sort, CDF, quantiles, first CDF >= r, unique."""
+def test_official_sampling_by_hand() -> None:
+    """Scores 0.04, 0.6, 0.1, 0.2, 0.06: ascending CDF 0.04 0.1 0.2 0.4 1, normalised
+    0 0.0625 0.1667 0.375 1; five points from 0.0625 to 1 step 0.234 are nearest to sorted
+    positions 1, 3, 3, 4, 4: tokens 4, 3, 1 kept, in order of increasing score."""
+    x = torch.arange(6, dtype=torch.float64).view(1, 6, 1)
+    scores = torch.tensor([[0.04, 0.6, 0.1, 0.2, 0.06]], dtype=torch.float64)
+    out, size, kept = ats.adaptive_token_sampling(x, scores, 5)
+    assert kept.tolist() == [[4, 3, 1]]
+    assert out.flatten().tolist() == [0, 5, 4, 2] and size.flatten().tolist() == [1, 1, 1, 1]
+    # the paper's quantiles 1/8, 3/8, 5/8, 7/8 reach sorted positions 2, 3, 4, 4
+    _, _, kept = ats.adaptive_token_sampling(x, scores, 4, sampling="paper")
+    assert kept.tolist() == [[2, 3, 1]]
+
+
+def test_official_points_start_at_the_smallest_nonzero_cdf_value() -> None:
+    """The points run from the smallest non-zero normalised CDF value to 1, in float32."""
+    start = torch.tensor([[0.25]])
+    points = ats.sample_points(start, 4)
+    assert points.dtype == torch.float32
+    torch.testing.assert_close(points, torch.tensor([[0.25, 0.5, 0.75, 1.0]]))
+    # the least significant token (normalised CDF 0) is never picked, a lone token always is
+    picks = ats.nearest_cdf_picks(torch.tensor([[0.1, 0.2, 0.3, 0.4]]), 10)
+    assert 0 not in picks.tolist()[0]
+    assert ats.nearest_cdf_picks(torch.tensor([[1.0]]), 3).tolist() == [[0, 0, 0]]
+
+
+def test_nearest_ties_go_to_the_first_token() -> None:
+    """A point exactly between two CDF values picks the lower position (the first minimum)."""
+    # sorted scores 0, 1/4, 1/4, 1/2: normalised CDF 0, 1/4, 1/2, 1; points 1/4, 1/2, 3/4, 1,
+    # and 3/4 lies exactly between 1/2 (position 2) and 1 (position 3)
+    scores = torch.tensor([[0.0, 0.25, 0.25, 0.5]])
+    assert ats.sample_points(torch.tensor([[0.25]]), 4).tolist() == [[0.25, 0.5, 0.75, 1.0]]
+    assert ats.nearest_cdf_picks(scores, 4).tolist() == [[1, 2, 2, 3]]
+
+
+def _naive_ats(x: torch.Tensor, attn: torch.Tensor, v_norm: torch.Tensor, k: int, sampling: str):
+    """ATS with plain loops: score, sort ascending, CDF, then per point either the nearest
+    min-max normalised CDF value (official, first on ties) or the first CDF >= (2i+1)/2k
+    (paper); distinct picks kept in order of increasing score."""
     B, H, N, _ = attn.shape
     kept_per_image = []
     for b in range(B):
@@ -144,11 +195,19 @@ def _naive_ats(x: torch.Tensor, attn: torch.Tensor, v_norm: torch.Tensor, k: int
             running += score[j]
             cdf.append(running)
         picked = set()
-        for i in range(k):
-            r = (2 * i + 1) / (2 * k)
-            position = next((p for p, c in enumerate(cdf) if c >= r), N - 2)
-            picked.add(order[position])
-        kept_per_image.append(sorted(picked))
+        if sampling == "official":
+            lo, hi = min(cdf), max(cdf)
+            norm = [(c - lo) / (hi - lo) for c in cdf]
+            start = min(c for c in norm if c != 0)
+            for i in range(k):
+                y = start + i * (1 - start) / (k - 1)
+                dist = [abs(y - c) for c in norm]
+                picked.add(dist.index(min(dist)))
+        else:
+            for i in range(k):
+                r = (2 * i + 1) / (2 * k)
+                picked.add(next((p for p, c in enumerate(cdf) if c >= r), N - 2))
+        kept_per_image.append([order[p] for p in sorted(picked)])
     m = max(len(kept) for kept in kept_per_image)
     out = torch.zeros(B, 1 + m, x.shape[-1], dtype=x.dtype)
     size = torch.zeros(B, 1 + m, 1, dtype=x.dtype)
@@ -160,14 +219,24 @@ def _naive_ats(x: torch.Tensor, attn: torch.Tensor, v_norm: torch.Tensor, k: int
 
 
 @pytest.mark.parametrize("k", [3, 7, 12])
-def test_matches_naive_loop(k: int) -> None:
+@pytest.mark.parametrize("sampling", ["official", "paper"])
+def test_matches_naive_loop(k: int, sampling: str) -> None:
     generator = torch.Generator().manual_seed(k)
     x = torch.randn(3, 13, 5, generator=generator, dtype=torch.float64)
     logits = 3 * torch.randn(3, 2, 13, 13, generator=generator, dtype=torch.float64)
     attn = logits.softmax(-1)
     v_norm = torch.rand(3, 13, generator=generator, dtype=torch.float64) + 0.1
     scores = ats.significance(cls_attention(attn), v_norm[:, 1:])
-    out, size, _ = ats.adaptive_token_sampling(x, scores, k)
-    expected_out, expected_size = _naive_ats(x, attn, v_norm, k)
+    out, size, _ = ats.adaptive_token_sampling(x, scores, k, sampling=sampling)
+    expected_out, expected_size = _naive_ats(x, attn, v_norm, k, sampling)
     torch.testing.assert_close(out, expected_out)
     torch.testing.assert_close(size, expected_size)
+
+
+def test_default_config_is_the_official_deit_setting() -> None:
+    """Blocks 3 to 11 with every token as budget (NUM_TOKENS 197 of 197)."""
+    config = ats.Config()
+    assert config.blocks == tuple(range(3, 12)) and set(config.keep_rates) == {1.0}
+    assert config.sampling == "official"
+    with pytest.raises(AssertionError):
+        ats.Config(sampling="random")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reference_impls.vision import diffrate
+from reference_impls.vision.tome import SourceTrace
 from reference_impls.vision.vit import TokenState, cls_attention
 
 from .common import TINY, device_param, images, tiny_vit
@@ -88,26 +89,72 @@ def test_cls_kept_unchanged_and_first() -> None:
     assert (new_size[:, 0] == 1).all()
 
 
-def test_merging_conserves_the_size_weighted_sum() -> None:
-    """With no pruning, sum(size * x) and sum(size) are the same before and after merging."""
+def test_weighted_mode_conserves_the_size_weighted_sum() -> None:
+    """merge_mode="weighted" (ToMe's), no pruning: sum(size * x) and sum(size) are conserved."""
     x, importance, size = _inputs()
-    out, new_size = diffrate.diffrate_compress(x, importance, 0, 7, size)
+    out, new_size = diffrate.diffrate_compress(x, importance, 0, 7, size, merge_mode="weighted")
     torch.testing.assert_close((new_size * out).sum(1), (size * x).sum(1))
     torch.testing.assert_close(new_size.sum(1), size.sum(1), rtol=0, atol=0)
 
 
-def test_config_for() -> None:
-    """Block 0 untouched, the rest split evenly, half pruned and half merged."""
-    config = diffrate.config_for(0.5, 4, num_patches=64)
-    assert config.counts == ((0, 0), (5, 6), (5, 6), (5, 5))
-    model = tiny_vit()
-    with diffrate.patch(model, config):
-        model(images(batch=1))
-    assert model.token_counts()[-1][1] - 1 == 32
+def _hand_case():
+    """CLS and four patches, importance 0.4, 0.3, 0.2, 0.1 (already in order). Token 3 points
+    along token 1 (cosine 1), token 4 at 60 degrees from token 2 and 90 from token 1."""
+    x = torch.tensor(
+        [[[0.0, 0.0, 5.0], [2.0, 0.0, 0.0], [0.0, 4.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 3**0.5]]],
+        dtype=torch.float64,
+    )
+    importance = torch.tensor([[0.4, 0.3, 0.2, 0.1]], dtype=torch.float64)
+    size = torch.tensor([[[1.0], [2.0], [1.0], [3.0], [2.0]]], dtype=torch.float64)
+    return x, importance, size
 
 
-def naive_diffrate(x, importance, prune, merge, size):
-    """DiffRate's inference step by plain loops: one image and one token at a time."""
+def test_official_merge_by_hand() -> None:
+    """Merging 2: token 3 into 1 (cosine 1), token 4 into 2 (cosine 0.5). Features: plain means
+    (1 and 3 -> 1.5 along x); sizes: 2 + 1 * 3 = 5 and 1 + 0.5 * 2 = 2."""
+    x, importance, size = _hand_case()
+    out, new_size = diffrate.diffrate_compress(x, importance, 0, 2, size)
+    expected = torch.tensor([[[0.0, 0.0, 5.0], [1.5, 0.0, 0.0], [0.0, 2.5, 3**0.5 / 2]]])
+    torch.testing.assert_close(out, expected.double())
+    torch.testing.assert_close(new_size.flatten(), torch.tensor([1.0, 5.0, 2.0]).double())
+
+
+def test_prune_then_merge_and_trace_by_hand() -> None:
+    """Pruning 1 drops token 4; merging 1 then moves token 3 into token 1. The trace gives the
+    official source matrix: the pruned token in no row."""
+    x, importance, size = _hand_case()
+    trace = SourceTrace()
+    out, new_size = diffrate.diffrate_compress(x, importance, 1, 1, size, trace=trace)
+    assert out[0, :, 0].tolist() == [0.0, 1.5, 0.0] and new_size.flatten().tolist() == [1, 5, 1]
+    assert trace.group.tolist() == [[0, 1, 2, 1, -1]]
+    assert trace.source.tolist() == [[[1, 0, 0, 0, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0]]]
+
+
+def test_class_token_option() -> None:
+    """Pruning 2 leaves CLS, 1, 2; token 2 is orthogonal to both (a tie): with class_token=False
+    it merges into the first, CLS; by default CLS takes nothing and it goes to token 1."""
+    x, importance, size = _hand_case()
+    x[0, 0] = torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)
+    out, _ = diffrate.diffrate_compress(x, importance, 2, 1, size, class_token=False)
+    assert out[0].tolist() == [[1.5, 2.0, 0.0], [2.0, 0.0, 0.0]]
+    out, _ = diffrate.diffrate_compress(x, importance, 2, 1, size)
+    assert out[0].tolist() == [[3.0, 0.0, 0.0], [1.0, 2.0, 0.0]]
+
+
+def test_separate_metric() -> None:
+    """By this metric token 3 matches token 2 and token 4 matches token 1 (by the tokens
+    themselves it is the other way round)."""
+    x, importance, size = _hand_case()
+    metric = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]])
+    out, new_size = diffrate.diffrate_compress(x, importance, 0, 2, size, metric=metric.double())
+    expected = torch.tensor([[[0.0, 0.0, 5.0], [1.0, 0.5, 3**0.5 / 2], [0.5, 2.0, 0.0]]])
+    torch.testing.assert_close(out, expected.double())
+    assert new_size.flatten().tolist() == [1.0, 4.0, 4.0]
+
+
+def naive_diffrate(x, importance, prune, merge, size, mode="mean"):
+    """DiffRate's inference step by plain loops, one image and one token at a time: "mean"
+    as the official code (plain means, sizes scaled by similarity), or size-"weighted"."""
     B, N, _ = x.shape
     outs, sizes = [], []
     for b in range(B):
@@ -118,15 +165,22 @@ def naive_diffrate(x, importance, prune, merge, size):
         m = max(0, min(merge, keep - 2))
         n_dst = keep - m
         unit = {p: x[b, p] / x[b, p].norm() for p in order}
-        into = {}
+        into, similarity = {}, {}
         for p in order[n_dst:]:
             scores = [float(torch.dot(unit[p], unit[q])) for q in order[1:n_dst]]
             into[p] = order[1 + scores.index(max(scores))]
+            similarity[p] = max(scores)
         rows, row_sizes = [], []
         for p in order[:n_dst]:
             group = [p] + [s for s, q in into.items() if q == p]
-            total = sum(float(size[b, g, 0]) for g in group)
-            rows.append(sum(x[b, g] * size[b, g, 0] for g in group) / total)
+            if mode == "mean":
+                rows.append(sum(x[b, g] for g in group) / len(group))
+                total = float(size[b, p, 0]) + sum(
+                    float(size[b, g, 0]) * similarity[g] for g in group[1:]
+                )
+            else:
+                total = sum(float(size[b, g, 0]) for g in group)
+                rows.append(sum(x[b, g] * size[b, g, 0] for g in group) / total)
             row_sizes.append([total])
         outs.append(torch.stack(rows))
         sizes.append(torch.tensor(row_sizes))
@@ -134,11 +188,31 @@ def naive_diffrate(x, importance, prune, merge, size):
 
 
 @pytest.mark.parametrize(("prune", "merge"), [(0, 6), (4, 5), (3, 0), (10, 9)])
-def test_matches_a_naive_loop(prune: int, merge: int) -> None:
+@pytest.mark.parametrize("mode", ["mean", "weighted"])
+def test_matches_a_naive_loop(prune: int, merge: int, mode: str) -> None:
     """The vectorised step equals the loop version on random inputs."""
     for seed in range(3):
         x, importance, size = _inputs(seed=seed)
-        out, new_size = diffrate.diffrate_compress(x, importance, prune, merge, size)
-        ref, ref_size = naive_diffrate(x, importance, prune, merge, size)
+        out, new_size = diffrate.diffrate_compress(
+            x, importance, prune, merge, size, merge_mode=mode
+        )
+        ref, ref_size = naive_diffrate(x, importance, prune, merge, size, mode)
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(new_size, ref_size)
+
+
+def test_every_block_sorts_and_the_trace_follows() -> None:
+    """Once any block reduces, every block sorts by importance (block 0 too); the traced
+    sources match the final tokens: every kept patch in exactly one group, pruned ones in none."""
+    model = tiny_vit()
+    trace = SourceTrace()
+    config = diffrate.Config(counts=((0, 0), (4, 4), (0, 0), (3, 3)))
+    with torch.no_grad(), diffrate.patch(model, config, trace=trace):
+        model(images(batch=3))
+        assert all(block.mid_reducer is not None for block in model.blocks)
+    source = trace.source  # (3, 51, 65)
+    assert source.shape == (3, 65 - 14, 65)
+    per_patch = source.sum(1)  # (3, 65): 1 if kept in some group, 0 if pruned
+    assert set(per_patch.unique().tolist()) == {0.0, 1.0}
+    assert (per_patch.sum(1) == 65 - 7).all()  # 7 pruned per image
+    assert (source[:, 0, 0] == 1).all()  # CLS is its own group, first

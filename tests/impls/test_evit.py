@@ -49,7 +49,8 @@ def test_identity_at_keep_rate_one() -> None:
 
 
 def test_cls_kept_and_fused_token_is_the_attention_weighted_sum() -> None:
-    """CLS row unchanged; kept rows are the top-k by CLS attention; the last row is sum a_i x_i."""
+    """CLS row unchanged; kept rows are the top-k by CLS attention, most attended first; the last
+    row is sum a_i x_i."""
     torch.manual_seed(0)
     x = torch.randn(2, 9, 4)
     cls_attn = torch.rand(2, 8)
@@ -57,7 +58,7 @@ def test_cls_kept_and_fused_token_is_the_attention_weighted_sum() -> None:
     assert size is None and out.shape == (2, 5, 4)
     torch.testing.assert_close(out[:, 0], x[:, 0], rtol=0, atol=0)
     for b in range(2):
-        top = cls_attn[b].topk(3).indices.sort().values
+        top = cls_attn[b].topk(3).indices  # most attended first
         torch.testing.assert_close(out[b, 1:4], x[b, 1 + top])
         rest = [i for i in range(8) if i not in top.tolist()]
         fused = sum(cls_attn[b, i] * x[b, 1 + i] for i in rest)
@@ -101,7 +102,7 @@ def test_deit_s_macs_at_keep_rate_0_7() -> None:
 # --- equivalence with a naive loop ------------------------------------------------------------
 
 
-def _naive_evit(x: torch.Tensor, attn: torch.Tensor, k: int) -> torch.Tensor:
+def _naive_evit(x: torch.Tensor, attn: torch.Tensor, k: int, fuse: bool = True) -> torch.Tensor:
     """EViT written with plain loops: per image, rank patches by head-averaged CLS attention."""
     B, H, N, _ = attn.shape
     rows = []
@@ -113,21 +114,39 @@ def _naive_evit(x: torch.Tensor, attn: torch.Tensor, k: int) -> torch.Tensor:
                 total += float(attn[b, h, 0, j])
             score.append(total / H)
         ranked = sorted(range(N - 1), key=lambda j: -score[j])
-        kept = sorted(ranked[:k])
+        kept = ranked[:k]  # most attended first, as the official topk
         fused = torch.zeros(x.shape[-1], dtype=x.dtype)
         for j in ranked[k:]:
             fused = fused + score[j] * x[b, 1 + j]
-        tokens = [x[b, 0]] + [x[b, 1 + j] for j in kept] + [fused]
+        tokens = [x[b, 0]] + [x[b, 1 + j] for j in kept] + ([fused] if fuse else [])
         rows.append(torch.stack(tokens))
     return torch.stack(rows)
 
 
 @pytest.mark.parametrize("k", [1, 4, 10])
-def test_matches_naive_loop(k: int) -> None:
+@pytest.mark.parametrize("fuse", [True, False])
+def test_matches_naive_loop(k: int, fuse: bool) -> None:
     generator = torch.Generator().manual_seed(k)
     x = torch.randn(3, 13, 5, generator=generator, dtype=torch.float64)
     attn = torch.randn(3, 2, 13, 13, generator=generator, dtype=torch.float64).softmax(-1)
     state = TokenState(x, None, 0, attn)
-    out, _ = evit.EViTReducer(evit.Config(keep_rate=(k - 0.5) / 12))(state)  # ceil -> k
-    assert out.shape[1] == 1 + k + 1
-    torch.testing.assert_close(out, _naive_evit(x, attn, k))
+    config = evit.Config(keep_rate=(k - 0.5) / 12, fuse_token=fuse)  # ceil -> k
+    out, _ = evit.EViTReducer(config)(state)
+    assert out.shape[1] == 1 + k + int(fuse)
+    torch.testing.assert_close(out, _naive_evit(x, attn, k, fuse))
+
+
+def test_without_fusion_the_inattentive_tokens_are_dropped() -> None:
+    """fuse_token=False: CLS, then the kept tokens by decreasing CLS attention, nothing more."""
+    x = torch.arange(6, dtype=torch.float64).view(1, 6, 1)
+    cls_attn = torch.tensor([[0.1, 0.4, 0.05, 0.3, 0.15]], dtype=torch.float64)
+    size = torch.tensor([[[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]]], dtype=torch.float64)
+    out, new_size = evit.evit_reorganise(x, cls_attn, 3, size, fuse_token=False)
+    assert out.flatten().tolist() == [0, 2, 4, 5] and new_size.flatten().tolist() == [1, 3, 5, 6]
+    out, new_size = evit.evit_reorganise(x, cls_attn, 3, size)  # fused: 0.1 * 1 + 0.05 * 3
+    torch.testing.assert_close(out.flatten(), torch.tensor([0, 2, 4, 5, 0.25]).double())
+    assert new_size.flatten().tolist() == [1, 3, 5, 6, 2 + 4]
+    model = tiny_vit()
+    with torch.no_grad(), evit.patch(model, evit.Config(0.5, (1, 2), fuse_token=False)):
+        model(images())
+    assert model.token_counts()[1:3] == [(65, 33), (33, 17)]

@@ -114,9 +114,8 @@ def _naive_ppt(x, attn, values, metric, r, threshold, size):
         edges.sort(key=lambda e: -e[0])
         into = {i: j for _, i, j in edges[:r]}
         rows, row_sizes = [], []
-        for i in range(N):
-            if i in into:
-                continue
+        # ToMe's official layout: the unmerged A tokens (even positions), then every B token
+        for i in [i for i in range(0, N, 2) if i not in into] + list(range(1, N, 2)):
             group = [i] + [k for k, j in into.items() if j == i]
             total = sum(float(size[b, k, 0]) for k in group)
             rows.append(sum(x[b, k] * size[b, k, 0] for k in group) / total)

@@ -81,8 +81,11 @@ def test_background_sources_vanish_and_full_saliency_is_tome() -> None:
         torch.testing.assert_close(new_size[b], size[b, keep])
     out, new_size = vid_tldr.saliency_merge(x, torch.ones(3, 12, dtype=x.dtype), 4, size)
     ref, ref_size = tome.bipartite_soft_matching(x, x, 4, size)
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(new_size, ref_size)
+    # The same merged tokens; vid-TLDR keeps position order, ToMe its official A-then-B layout.
+    for b in range(3):
+        mine, theirs = out[b][:, 0].argsort(), ref[b][:, 0].argsort()
+        torch.testing.assert_close(out[b, mine], ref[b, theirs])
+        torch.testing.assert_close(new_size[b, mine], ref_size[b, theirs])
 
 
 # --- equivalence with a naive loop ------------------------------------------------------------
