@@ -144,16 +144,17 @@ def test_interrupt_exits_130_without_a_traceback(
 
 def test_sigint_in_a_subprocess_exits_130_without_a_traceback(invalid_project: Path) -> None:
     """Ctrl-C while `kb validate` works: exit 130, no traceback."""
+    # The fault hook holds the command after its first line of output (a wait on a full pipe
+    # depended on the pipe's size and the machine's load, and made this test flaky).
     process = subprocess.Popen(
         [sys.executable, "-m", "tokenkb.cli", "validate", "--jobs", "1", "papers"],
         cwd=invalid_project,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, "TOKENKB_FAULT": "print:problem@1:hold", "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
-    # The first line arrives once validation has started printing; interrupt it then, while it
-    # is blocked writing into the full pipe.
-    process.stdout.readline()
+    process.stdout.readline()  # the command is printing: interrupt it there
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert "Traceback" not in err.decode()

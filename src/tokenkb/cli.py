@@ -45,9 +45,12 @@ def _papers(args: argparse.Namespace) -> Path:
 
 
 def _print_problems(problems: Sequence[Problem], files: int, stream: Any = None) -> None:
+    from .outputs import fault
+
     out = stream or sys.stdout
     for problem in problems:
         print(problem, file=out)
+        fault("print:problem")  # test hook: hold here to interrupt a command mid-output
     paths = len({p.path for p in problems})
     print(
         f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {paths} of {files} "

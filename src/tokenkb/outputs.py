@@ -15,7 +15,8 @@ the directory, so a journal is only ever completed by someone when its writer is
 `fault(point)` is the test hook of this module and its callers: with `TOKENKB_FAULT` set to
 `point@N` (several, comma-separated), the N-th time the process reaches `point` it kills itself
 with SIGKILL (`point@N:enospc` raises ENOSPC instead, `:eio` EIO, `:erofs` EROFS, and `:stall`
-waits a second and goes on), so tests can stop or hold a real run at an exact place.
+waits a second and goes on, `:hold` waits up to a minute for a signal), so tests can stop or
+hold a real run at an exact place.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def fault(point: str) -> None:
             raise OSError(code, os.strerror(code))
         if action == "stall":
             time.sleep(1.0)
+            return
+        if action == "hold":  # until a signal ends the process (at most a minute)
+            time.sleep(60.0)
             return
         os.kill(os.getpid(), signal.SIGKILL)
 
