@@ -2,7 +2,8 @@
 
     python benchmarks/fuzz_import.py [--seconds 300] [--seed 0] [--sources DIR ...]
 
-Each input is a list from the seeds (tests/data/sources, and ../shared/sources when present)
+Each input is a list from the seeds (tests/data/sources and tests/data/list_layouts, and
+../shared/sources when present)
 with 1-20 random mutations: inserted lines and characters from the tokens that matter to the
 readers (brackets, pipes, BibTeX braces, badges, arXiv links, NUL, bidi controls, replacement
 characters), deleted, duplicated and hugely repeated lines. Each is read in a random format and
@@ -42,7 +43,9 @@ FORMATS = [None, *importer.FORMATS]
 
 
 def seeds(extra: list[Path]) -> list[str]:
-    paths = sorted((ROOT / "tests" / "data" / "sources").iterdir())
+    data = ROOT / "tests" / "data"
+    found = [p for d in ("sources", "list_layouts") for p in (data / d).rglob("*")]
+    paths = sorted(p for p in found if p.is_file())
     for directory in extra:
         paths += sorted(p for p in directory.iterdir() if p.is_file() and p.name != "README.md")
     return [p.read_text(encoding="utf-8", errors="replace")[:30_000] for p in paths]

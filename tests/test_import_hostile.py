@@ -349,3 +349,19 @@ def test_more_works_of_one_name_and_year_than_letters_still_get_ids(
     assert result.code == 0, result.err
     ids = sorted(p.stem for p in record_paths(papers))
     assert len(ids) == 30 and "foo-2024" in ids and "foo-2024z" in ids and "foo-2-2024" in ids
+
+
+def test_an_identifier_match_without_a_year_still_merges(kb, papers: Path, tmp_path: Path) -> None:
+    """Found importing zongqianli-prompt-compression.md: an entry with a DOI and no year made
+    the merge raise `ValueError: no year` (a traceback)."""
+    record(papers, "known-2023", "Token Pruning for Known Works", extra="doi: 10.1000/known.1\n")
+    source = tmp_path / "list.md"
+    source.write_text(
+        "# List\n* Token Pruning for Known Works [[Paper](https://doi.org/10.1000/known.1)]"
+        "[[Code](https://github.com/example/known)]\n",
+        encoding="utf-8",
+    )
+    result = kb("--papers", str(papers), "import", str(source))
+    assert result.code == 0, result.err
+    paper = load_record(papers / "known-2023.yaml")
+    assert paper.code == "https://github.com/example/known" and paper.year == 2023

@@ -44,14 +44,22 @@ class ImportError_(Exception):
 
 
 def detect_format(text: str, path: Path) -> str:
-    if path.suffix.lower() == ".bib" or bib.looks_like_bibtex(text):
+    """The reader for `text`. Markdown that links papers is an awesome list (BibTeX fenced in it
+    is read there too); BibTeX outside Markdown, numbered blocks and free-text citations go to
+    their own readers; a Markdown file none of them takes is still read as Markdown, never
+    refused."""
+    if path.suffix.lower() == ".bib":
         return "bibtex"
     if structured.looks_like_structured(text):
         return "structured"
     if markdown.looks_like_awesome(text):
         return "awesome"
+    if bib.looks_like_bibtex(text):
+        return "bibtex"
     if citations.looks_like_citations(text):
         return "citations"
+    if path.suffix.lower() in (".md", ".markdown") or markdown.looks_like_markdown(text):
+        return "awesome"  # Markdown is read for what it holds; what it cannot read is reported
     raise ImportError_(
         f"{path}: cannot tell the format (awesome-list markdown, numbered blocks, citation list "
         "or BibTeX); name it with --as"
@@ -395,7 +403,8 @@ def _plan_merge(
         note = f"already imported from line {old_line}; its citation now says line {e.line}"
         plan.planned.append(Planned(e, "merge", record["id"], [note]))
     for e in fresh:
-        mine = [p for p in problems if p.startswith(f"{e.source}:{e.line} ")]
+        prefix = f"{e.source}:{e.line} "  # the report names the entry already
+        mine = [p.removeprefix(prefix) for p in problems if p.startswith(prefix)]
         plan.planned.append(Planned(e, "merge", record["id"], mine))
     if merged != merge.ordered_record(record):
         text = read_text(path)

@@ -98,9 +98,14 @@ def suggest_id(title: str, aliases: Sequence[str], year: int, taken: set[str]) -
 
 
 def new_record(
-    entries: Sequence[Entry], formats: dict[str, str], taken: set[str]
+    entries: Sequence[Entry],
+    formats: dict[str, str],
+    taken: set[str],
+    default_year: int | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """A record (as a dict in field order) for one work seen in `entries`, and its problems."""
+    """A record (as a dict in field order) for one work seen in `entries`, and its problems.
+    Without a year in the entries, `default_year` (a record being filled has one) is used; with
+    neither, ValueError."""
     problems: list[str] = []
     ordered = sorted(entries, key=lambda e: (_rank(e, formats), e.source, e.line))
     title = pick_title(ordered, formats)
@@ -124,7 +129,7 @@ def new_record(
         venue = "arXiv"
     if venue_year(venue):
         years.append(venue_year(venue) or 0)
-    year = min(years) if years else None
+    year = min(years) if years else default_year
     if year is None:
         raise ValueError(f"no year for {title!r}")
     aliases: list[str] = []
@@ -234,7 +239,9 @@ def merge_into(
                 source["line"] = e.line
                 break
     draft, _ = (
-        new_record(entries, formats, {record["id"]}) if any(e.title for e in entries) else ({}, [])
+        new_record(entries, formats, {record["id"]}, record.get("year"))
+        if any(e.title for e in entries)
+        else ({}, [])
     )
     for e in entries:
         for name in ("arxiv", "doi", "ieee", "openreview", "acl", "code"):

@@ -28,6 +28,16 @@ MODALITY_WORDS: dict[str, str] = {
     "diffusion transformers": "diffusion",
     "audio": "audio",
     "speech": "audio",
+    # task badges of the token-compression lists
+    "image recognition": "vision",
+    "image classification": "vision",
+    "video recognition": "video",
+    "video understanding": "video",
+    "image generation": "diffusion",
+    "text2image": "diffusion",
+    "text to image": "diffusion",
+    "visual question answering": "vlm",
+    "multimodal": "multimodal",
 }
 FAMILY_WORDS: dict[str, str] = {
     "token merging": "merging",
@@ -75,7 +85,16 @@ _EXTRA_VENUES = {
     "advances in neural information processing systems": "NeurIPS",
     "international conference on learning representations": "ICLR",
     "international conference on machine learning": "ICML",
+    "nations of the americas chapter of the association for computational linguistics": "NAACL",
+    "north american chapter of the association for computational linguistics": "NAACL",
+    "empirical methods in natural language processing": "EMNLP",
+    "annual meeting of the association for computational linguistics": "ACL",
 }
+
+
+def _workshop(match: re.Match[str]) -> str:
+    name = match.group(1)
+    return f"{name} Workshop" if suggest_venue(f"{name} 2020") else match.group()
 
 
 def read_venue(text: str) -> str | None:
@@ -84,6 +103,8 @@ def read_venue(text: str) -> str | None:
         return "arXiv"
     text = re.sub(r"\((?:oral|spotlight|poster|highlight)\)", " ", text, flags=re.I)
     text = re.sub(r"\(also [^)]*\)", " ", text, flags=re.I)
+    # 'NeurIPSw 2024', 'ICLRw'24': a venue name with a trailing 'w' is its workshop.
+    text = re.sub(r"\b([A-Za-z]{3,})w\b", _workshop, text)
     lowered = " ".join(text.lower().split())
     for name, venue in _EXTRA_VENUES.items():
         if name in lowered:
@@ -103,9 +124,17 @@ DATE = re.compile(
 )
 
 
+# Numeric dates lists write in date columns and badges: '2025.07', '2025-07-18', '202506'.
+NUMERIC_DATE = re.compile(
+    r"^((?:19|20)\d\d)(?:[.\-/ ]?(?:0[1-9]|1[0-2])(?:[.\-/]\d\d)?|[.\-/](?:[1-9]))?$"
+)
+
+
 def date_year(text: str) -> int | None:
-    """The year of a date-only string ('19 May 2023', 'Oct 2023', '2021', 'July 18, 2024')."""
-    text = " ".join(text.split()).strip(" .,")
+    """The year of a date-only string ('19 May 2023', 'Oct 2023', '2021', 'July 18, 2024',
+    '2025.07', '202506', '2025-07-18')."""
+    text = " ".join(text.split()).strip(" .,`")
     if DATE.match(text):
         return int(re.findall(r"(?:19|20)\d\d", text)[0])
-    return None
+    numeric = NUMERIC_DATE.match(text)
+    return int(numeric.group(1)) if numeric else None

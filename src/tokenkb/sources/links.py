@@ -136,12 +136,20 @@ def read_link(url: str) -> Link:
         link.code = normalize_github(url) or url
         return link
     if host.endswith("github.io"):
-        link.project = url
+        if path.lower().endswith(".pdf"):
+            link.paper = url  # a PDF on a personal page is the paper
+        else:
+            link.project = url
         return link
     if any(host == code or host.endswith("." + code) for code in _CODE_HOSTS):
         link.code = url
         return link
-    if host in _PAPER_HOSTS or path.lower().endswith(".pdf"):
+    if (
+        host in _PAPER_HOSTS
+        or host.endswith(".thecvf.com")
+        or host.startswith("proceedings.")
+        or path.lower().endswith(".pdf")
+    ):
         link.paper = url
         return link
     link.project = url
