@@ -1,8 +1,10 @@
 """The registry of reference implementations: found by walking the package, never kept by hand.
 
 Every algorithm module defines `IMPL = ImplInfo(...)`. `discover()` imports the modules of each
-family package and collects those entries; a test checks that the registry, the modules, their
-tests and the paper records agree, so a list can never drift from the code.
+family package (the packages and their protocols are `reference_impls.families.FAMILIES`) and
+collects those entries; `conformance_problems()` checks every module against its family's
+protocol; tests check that the registry, the modules, their tests and the paper records agree, so
+a list can never drift from the code.
 """
 
 from __future__ import annotations
@@ -12,29 +14,14 @@ import importlib
 import inspect
 import pkgutil
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
-FAMILY_PACKAGES = (
-    "reference_impls.vision",
-    "reference_impls.kv",
-    "reference_impls.prompt",
-    "reference_impls.vlm",
-    "reference_impls.projector",
-    "reference_impls.video",
-    "reference_impls.diffusion",
-    "reference_impls.text",
-)
+from .families import FAMILIES, missing
+
+FAMILY_PACKAGES = tuple(f"reference_impls.{package}" for package in FAMILIES)
 # Where each package's tests live: tests/impls/<folder>/test_<name>.py ("" is tests/impls/).
-TEST_FOLDERS = {
-    "vision": "",
-    "kv": "llm",
-    "prompt": "llm",
-    "vlm": "vlm",
-    "projector": "vlm",
-    "video": "video",
-    "diffusion": "video",
-    "text": "text",
-}
+TEST_FOLDERS = {package: family.test_folder for package, family in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
@@ -58,24 +45,15 @@ class ImplInfo:
 
 
 def config_for(module: Any, keep_rate: float, depth: int, num_patches: int) -> Any:
-    """`module.config_for` for a model of this depth and patch count.
-
-    Every method maps a keep rate to its own config; methods whose budget is an absolute token
-    count (ToMe's r, DiffRate's counts) also take `num_patches`.
-    """
-    fn = module.config_for
-    if "num_patches" in inspect.signature(fn).parameters:
-        return fn(keep_rate, depth, num_patches=num_patches)
-    return fn(keep_rate, depth)
+    """`module.config_for` for a ViT of this depth and patch count (for older callers; the one
+    way is `module.config_for(keep, model_config)`, e.g. with the model's `ViTConfig`)."""
+    return module.config_for(keep_rate, SimpleNamespace(depth=depth, num_patches=num_patches))
 
 
 def kv_config_for(module: Any, keep: float, head_dim: int) -> Any:
-    """`module.config_for` of a KV method for a model with this head dimension (KIVI's groups
-    split the head dimension; the other methods do not need it)."""
-    fn = module.config_for
-    if "head_dim" in inspect.signature(fn).parameters:
-        return fn(keep, head_dim=head_dim)
-    return fn(keep)
+    """`module.config_for` of a KV method for a model with this head dimension (for older
+    callers, as `config_for`)."""
+    return module.config_for(keep, SimpleNamespace(head_dim=head_dim))
 
 
 # The canonical algorithm of each family: what a method's record links at impl_level "family"
@@ -137,3 +115,37 @@ def discover() -> list[ImplInfo]:
             if isinstance(impl, ImplInfo):
                 found.append(dataclasses.replace(impl, module=module.__name__))
     return sorted(found, key=lambda impl: impl.name)
+
+
+def conformance_problems() -> list[str]:
+    """Every way a family package departs from its protocol (`families.FAMILIES`), one line
+    each: an algorithm module without `IMPL` or without a name its family requires, an
+    infrastructure module that registers itself. Empty when everything conforms."""
+    problems: list[str] = []
+    for package_name, family in FAMILIES.items():
+        package = importlib.import_module(f"reference_impls.{package_name}")
+        for info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            path = f"reference_impls/{package_name}/{info.name}.py"
+            registered = isinstance(getattr(module, "IMPL", None), ImplInfo)
+            if info.name in family.infrastructure:
+                if registered:
+                    problems.append(f"{path}: infrastructure of {package_name} defines IMPL")
+                continue
+            if not registered:
+                problems.append(
+                    f"{path}: no IMPL; an algorithm module registers itself "
+                    f"(or list it in FAMILIES[{package_name!r}].infrastructure)"
+                )
+            lacking = missing(module, family)
+            if lacking:
+                problems.append(
+                    f"{path}: lacks {', '.join(lacking)}; every {package_name} method exposes "
+                    f"{', '.join(family.exposes)}"
+                )
+            elif list(inspect.signature(module.config_for).parameters)[1:2] != ["model_config"]:
+                problems.append(
+                    f"{path}: config_for{inspect.signature(module.config_for)} should take "
+                    "(keep, model_config, ...): the one signature of every method"
+                )
+    return problems

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import ImplInfo
+from ..restore import setting
 from .dit import Attention, AttnHook, DiT
 
 IMPL = ImplInfo(
@@ -72,7 +73,7 @@ class Config:
         assert self.sx >= 1 and self.sy >= 1 and self.sx * self.sy > 1, "cells of >= 2 tokens"
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     """Merge `1 - keep` of the tokens, at most tomesd's maximum `1 - 1 / (sx * sy) = 0.75`."""
     assert 0.0 < keep <= 1.0, "keep must be in (0, 1]"
     return Config(ratio=min(0.75, 1.0 - keep))
@@ -181,18 +182,14 @@ def tome_attention_hook(config: Config, generator: torch.Generator | None = None
 @contextmanager
 def patch(model: DiT, config: Config) -> Iterator[DiT]:
     """Apply ToMe for SD to every block of `model` inside the `with`; restored on exit."""
-    blocks = model.dit_blocks()
-    saved = [block.attn_hook for block in blocks]
     device = next(model.parameters()).device
-    try:
-        for index, block in enumerate(blocks):
-            generator = (
-                None
-                if config.seed is None
-                else torch.Generator(device=device).manual_seed(config.seed + index)
-            )
-            block.attn_hook = tome_attention_hook(config, generator)
+    changes = []
+    for index, block in enumerate(model.dit_blocks()):
+        generator = (
+            None
+            if config.seed is None
+            else torch.Generator(device=device).manual_seed(config.seed + index)
+        )
+        changes.append((block, "attn_hook", tome_attention_hook(config, generator)))
+    with setting(*changes):
         yield model
-    finally:
-        for block, hook in zip(blocks, saved, strict=True):
-            block.attn_hook = hook

@@ -1,9 +1,11 @@
 """Model Tells You What to Discard: Adaptive KV Cache Compression for LLMs (FastGen),
 arXiv 2310.01801, record `fastgen-2024`.
 
-The official repository machilusZ/FastGen holds no code; it points to the community reproduction
-AnswerDotAI/cold-compress (cache.py, `KVCacheHybrid`), which was checked; no code was taken from
-it. Written from the paper (Sections 3.3-3.4, Algorithms 1-2, Equation 2).
+No official code: the official repository machilusZ/FastGen (checked at
+fb707b6b883b06087b2e828c7c26be3ae295e8f0, 2024-08-14) holds only a README and a LICENSE; it
+points to the community reproduction AnswerDotAI/cold-compress (cache.py, `KVCacheHybrid`),
+which was read but not run against this module (it is not the authors' code); no code was
+taken from it. Written from the paper (Sections 3.3-3.4, Algorithms 1-2, Equation 2).
 
 Attention heads have distinct, stable structures, so each head gets its own cache policy, chosen
 by profiling its attention over the prompt:
@@ -72,6 +74,7 @@ from torch import Tensor
 
 from ..llm.llama import PressContext
 from ..registry import ImplInfo
+from ..selection import top_in_order as best_in_order
 from .base import Budget, kv_head_scores
 
 IMPL = ImplInfo(
@@ -118,7 +121,7 @@ class Config:
         )
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     if keep >= 1.0:
         return Config(recovery=1.0)
     return Config(budget=Budget(keep=keep))
@@ -127,12 +130,6 @@ def config_for(keep: float) -> Config:
 def ratio_count(ratio: float, length: int) -> int:
     """`ceil(ratio * length)` entries (robust to the float error of the product)."""
     return math.ceil(ratio * length - 1e-9)
-
-
-def best_in_order(scores: Tensor, n: int) -> Tensor:
-    """Positions of the `n` best scores per row, ascending; ties go to the earlier position."""
-    order = scores.sort(dim=-1, descending=True, stable=True).indices
-    return order[..., :n].sort(dim=-1).values
 
 
 def top_mask(scores: Tensor, n: int) -> Tensor:

@@ -119,7 +119,7 @@ class Config:
         return self.hh_size is not None
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(Budget(keep=min(keep, 1.0)))
 
 

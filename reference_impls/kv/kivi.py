@@ -68,6 +68,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..families import head_dim_of
 from ..llm.llama import KVCache, PressContext
 from ..registry import ImplInfo
 
@@ -106,10 +107,11 @@ class Config:
         assert self.float_bytes >= 1
 
 
-def config_for(keep: float, head_dim: int = 64) -> Config:
+def config_for(keep: float, model_config: object = None, head_dim: int = 64) -> Config:
     """`keep` is the share of fp16 bits kept: 8 bits from 0.5, 4 from 0.25, else 2; the identity
     (no quantization) at `keep >= 1`. Scales, zero points and the residual come on top. The
     group shrinks to the head dimension for models with heads narrower than KIVI's 32."""
+    head_dim = head_dim_of(model_config, head_dim)
     assert keep > 0.0, "keep must be > 0"
     if keep >= 1.0:
         return Config(bits=16)

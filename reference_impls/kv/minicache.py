@@ -1,8 +1,9 @@
 """MiniCache: KV Cache Compression in Depth Dimension for Large Language Models, arXiv 2405.14366,
 record `minicache-2024`.
 
-Checked against the official repository AkideLiu/MiniCache: it holds the project page (method
-figures, abstract) and no code, so this is written from the paper and that page.
+No official code: the official repository AkideLiu/MiniCache (checked at
+f1baccacba6bc83dc499f5db9257576397bb4ed8, 2024-09-07) holds only the project page (index.html,
+method figures, abstract) and no Python, so this is written from the paper and that page.
 
 Adjacent layers in the middle-to-deep part of an LLM hold very similar KV states, so MiniCache
 stores one shared state for a pair of layers. From layer `S = ceil(start * depth)` on, layers are
@@ -89,7 +90,7 @@ class Config:
         return [(a, a + 1) for a in range(self.start_layer(depth), depth - 1, 2)]
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     """Merging the layers from `start` on keeps about `(1 + start) / 2` of the cache (magnitudes
     and retained tokens come on top), so `start = 2 keep - 1`, at least 0; the identity (no
     merging) at `keep >= 1`."""

@@ -82,7 +82,7 @@ class Config:
         )
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(Budget(keep=min(keep, 1.0)))
 
 

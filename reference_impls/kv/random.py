@@ -35,7 +35,7 @@ class Config:
     seed: int = 0
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(Budget(keep=keep))
 
 

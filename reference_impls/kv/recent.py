@@ -33,7 +33,7 @@ class Config:
     budget: Budget = Budget()
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(Budget(keep=keep))
 
 

@@ -1,11 +1,22 @@
 """Scissorhands: Exploiting the Persistence of Importance Hypothesis for LLM KV Cache Compression
 at Test Time, arXiv 2305.17118, record `scissorhands-2023`.
 
-Checked against the official repository lzcemma/Scissorhands
-(Decentralized_FM_alpha/modules/hf_opt_dropkv.py); no code was taken from it. That repository
-only simulates the method with attention masks over OPT prompts, not the budgeted cache, so this
-module follows the paper's algorithm (a budgeted cache compressed by a history of attention
-scores).
+Official code: lzcemma/Scissorhands@d0bf444b7f78127b2052fe8edfd4d386efd33455,
+`Decentralized_FM_alpha/modules/hf_opt_dropkv.py` (`OPTAttention.forward`, the `compress_flag`
+branch); no code was taken from it. It does not hold a budgeted cache: it only simulates the
+method at prefill with attention masks over OPT prompts (layers 5-35 of OPT-66B,
+`start_compress_length = 100`, `LRU_WINDOW = 100`, `POSITION_WINDOW = 10` in
+`run_infer_opt_66b_sparse_c4.sh`), and its importance test differs from the paper's: a key is
+important for a query when its attention exceeds the row's 90th-percentile value (not the
+average), and query `i` may attend only to keys important for at least one of the previous
+`lru_window` queries or among the last `position_window` keys. `official_masked_attention`
+reproduces that path: checked in memory against the official `OPTAttention.forward`
+(fp32, random weights, `output_attentions=True`) on 19 seeded cases (batch 1-2, T 20-60,
+2-4 heads, start 0-49, lru_window 1-100, position_window 0-5): equal exactly (max abs
+difference 0.0). With `start >= T` ours returns plain causal attention (the official code
+fails with an UnboundLocalError). The press below follows the paper's algorithm (a budgeted
+cache compressed by counts of below-average attention in a history window), which the
+official code does not implement.
 
 Persistence of importance: a token that was pivotal (much attended) at one step tends to stay
 pivotal at later steps. Scissorhands keeps the cache within a fixed budget `n` and, when it
@@ -74,7 +85,7 @@ class Config:
         assert self.drop >= 1, "drop must be >= 1"
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(Budget(keep=min(keep, 1.0), window=WINDOW))
 
 
@@ -88,6 +99,38 @@ def unimportance(attn: Tensor, kv_heads: int) -> Tensor:
     seen = torch.arange(T, device=attn.device)[None, :] < visible[:, None]  # (T_q, T)
     below = below & seen
     return below.view(B, kv_heads, H // kv_heads, T_q, T).sum(dim=2)  # (B, H_kv, T_q, T)
+
+
+def official_masked_attention(
+    scores: Tensor, lru_window: int, position_window: int, start: int = 100, quantile: float = 0.9
+) -> Tensor:
+    """The official evaluation path: prompt attention `(B, H, T, T)` with, for each query
+    `i >= start`, the keys masked that were never important in the last `lru_window` queries and
+    are older than the last `position_window` keys, from raw scores `(B, H, T, T)` (q . k scaled,
+    before the causal mask).
+
+    A key counts as important for a query when its attention exceeds the value at index
+    `int(quantile * T)` of that query's ascending-sorted attention row (future entries count as
+    zeros there); rows are computed in order, and a query's importance marks are read from the
+    already masked rows of earlier queries, as in the official loop. The query's own key and
+    the last `position_window` keys are always visible. Queries before `start` are unmasked."""
+    T, S = scores.shape[-2:]  # scores (B, H, T, S); prefill: S == T
+    low = torch.finfo(scores.dtype).min
+    causal = torch.ones(T, S, dtype=torch.bool, device=scores.device).triu(S - T + 1)
+    raw = scores.masked_fill(causal, low)  # (B, H, T, S)
+    attn = raw.softmax(dim=-1)  # (B, H, T, S)
+    k = int(quantile * S)
+    threshold = attn.sort(dim=-1).values[..., k : k + 1]  # (B, H, T, 1), from the unmasked rows
+    for i in range(start, T):
+        lo = max(i - lru_window, 0)
+        if lo < i:  # above the threshold for some query of the window (x - t > 0 iff x > t)
+            important = (attn[..., lo:i, :i] - threshold[..., lo:i, :]).amax(dim=-2) > 0
+        else:
+            important = torch.zeros_like(attn[..., i, :i], dtype=torch.bool)  # (B, H, i)
+        important[..., max(i - position_window, 0) :] = True
+        row = torch.cat([raw[..., i, :i].masked_fill(~important, low), raw[..., i, i:]], dim=-1)
+        attn[..., i, :] = row.softmax(dim=-1)  # row (B, H, S)
+    return attn
 
 
 def keep_scores(counts: Tensor) -> Tensor:

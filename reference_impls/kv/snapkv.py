@@ -52,6 +52,7 @@ from torch import Tensor
 
 from ..llm.llama import PressContext
 from ..registry import ImplInfo
+from ..selection import top_in_order as top_in_order
 from .base import Budget, kv_head_scores
 
 IMPL = ImplInfo(
@@ -84,7 +85,7 @@ class Config:
         assert self.budget.window == 0, "SnapKV protects its own observation window: set window"
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(Budget(keep=min(keep, 1.0)))
 
 
@@ -108,13 +109,6 @@ def window_scores(attn: Tensor, window: int, kernel: int, pooling: str, kv_heads
     _, H, T, _ = attn.shape
     votes = attn[:, :, T - window :, : T - window].sum(dim=2)  # (B, H, P)
     return kv_head_scores(pool(votes, kernel, pooling), H, kv_heads)  # (B, H_kv, P)
-
-
-def top_in_order(scores: Tensor, n: int) -> Tensor:
-    """Per row, the positions of the `n` best scores in ascending order; among equal scores the
-    earlier position wins (a stable sort, unlike `topk`). `(..., T) -> (..., n)`."""
-    order = scores.sort(dim=-1, descending=True, stable=True).indices
-    return order[..., :n].sort(dim=-1).values
 
 
 def snapkv_index(

@@ -63,7 +63,7 @@ class Config:
         assert self.budget.sinks >= 1, "StreamingLLM keeps at least one attention sink"
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(Budget(keep=min(keep, 1.0), sinks=SINKS))
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..families import patches_of
 from ..registry import ImplInfo
 from .grid import grid_side, mlp, to_map, to_tokens
 
@@ -69,8 +70,9 @@ class Config:
         assert self.output_side >= 1 and self.input_side >= 1
 
 
-def config_for(keep: float, num_patches: int = 576) -> Config:
+def config_for(keep: float, model_config: object = None, num_patches: int = 576) -> Config:
     """`m = round(S * sqrt(keep))` (at least 1) for an `S x S` input grid."""
+    num_patches = patches_of(model_config, num_patches)
     assert 0.0 < keep <= 1.0, "keep must be in (0, 1]"
     side = grid_side(num_patches)
     return Config(output_side=max(1, round(side * math.sqrt(keep))), input_side=side)
@@ -168,3 +170,7 @@ class CAbstractor(nn.Module):
             x = x + self.pos_emb
         features = self.net(to_map(x))  # (B, D, m, m)
         return self.readout(to_tokens(features))  # (B, m*m, C_llm)
+
+
+# The family's one name for this module's projector (`reference_impls.make_projector`).
+Projector = CAbstractor

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..families import patches_of
 from ..registry import ImplInfo
 from .grid import grid_side, mlp, to_map, to_tokens
 
@@ -56,8 +57,9 @@ class Config:
         assert self.output_side >= 1, "output_side must be >= 1"
 
 
-def config_for(keep: float, num_patches: int = 576) -> Config:
+def config_for(keep: float, model_config: object = None, num_patches: int = 576) -> Config:
     """`m = round(S * sqrt(keep))` (at least 1) for an `S x S` input grid."""
+    num_patches = patches_of(model_config, num_patches)
     assert 0.0 < keep <= 1.0, "keep must be in (0, 1]"
     return Config(output_side=max(1, round(grid_side(num_patches) * math.sqrt(keep))))
 
@@ -83,3 +85,7 @@ class LDPv2(nn.Module):
         """`x (B, N, C_vis)` -> `(B, m * m, C_llm)`."""
         pooled = self.pool(to_map(self.mlp(x)))  # (B, C_llm, m, m)
         return to_tokens(self.peg(pooled) + pooled)  # (B, m*m, C_llm)
+
+
+# The family's one name for this module's projector (`reference_impls.make_projector`).
+Projector = LDPv2

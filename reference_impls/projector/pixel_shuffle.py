@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ..families import patches_of
 from ..registry import ImplInfo
 from .grid import grid_side, mlp, nearest_divisor_scale
 
@@ -51,8 +52,9 @@ class Config:
         assert self.scale >= 1, "scale must be >= 1"
 
 
-def config_for(keep: float, num_patches: int = 576) -> Config:
+def config_for(keep: float, model_config: object = None, num_patches: int = 576) -> Config:
     """The factor `s` dividing the grid side whose share `1 / s**2` is closest to `keep`."""
+    num_patches = patches_of(model_config, num_patches)
     return Config(scale=nearest_divisor_scale(grid_side(num_patches), keep))
 
 
@@ -94,3 +96,7 @@ class PixelShuffleProjector(nn.Module):
         """`x (B, N, C_vis)` -> `(B, N / s**2, C_llm)`."""
         folded = space_to_depth(x, self.config.scale)  # (B, M, s*s*C_vis)
         return self.mlp(self.norm(folded))
+
+
+# The family's one name for this module's projector (`reference_impls.make_projector`).
+Projector = PixelShuffleProjector

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..families import patches_of
 from ..registry import ImplInfo
 
 IMPL = ImplInfo(
@@ -70,8 +71,9 @@ class Config:
         assert self.mlp_ratio > 0
 
 
-def config_for(keep: float, num_patches: int = 576) -> Config:
+def config_for(keep: float, model_config: object = None, num_patches: int = 576) -> Config:
     """`M = round(keep * num_patches)` queries (at least one)."""
+    num_patches = patches_of(model_config, num_patches)
     assert 0.0 < keep <= 1.0, "keep must be in (0, 1]"
     return Config(num_queries=max(1, round(keep * num_patches)))
 
@@ -132,3 +134,7 @@ class QFormerResampler(nn.Module):
         for layer in self.layers:
             q = layer(q, image)
         return self.proj(q)
+
+
+# The family's one name for this module's projector (`reference_impls.make_projector`).
+Projector = QFormerResampler

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..families import patches_of
 from ..registry import ImplInfo
 from .grid import grid_side, mlp, nearest_divisor_scale, to_map, to_tokens
 
@@ -65,8 +66,9 @@ class Config:
         assert self.scale >= 1 and self.levels >= 1
 
 
-def config_for(keep: float, num_patches: int = 576) -> Config:
+def config_for(keep: float, model_config: object = None, num_patches: int = 576) -> Config:
     """The factor `s` dividing the grid side whose share `1 / s**2` is closest to `keep`."""
+    num_patches = patches_of(model_config, num_patches)
     return Config(scale=nearest_divisor_scale(grid_side(num_patches), keep))
 
 
@@ -125,3 +127,7 @@ class TokenPacker(nn.Module):
         value = regions(self.v_norm(self.v_proj(kv)), s)  # (B*M, s*s, D)
         out = self.attn(query.reshape(B * M, 1, D), key, value, need_weights=False)[0]
         return self.mlp(out.reshape(B, M, D))  # (B, M, C_llm)
+
+
+# The family's one name for this module's projector (`reference_impls.make_projector`).
+Projector = TokenPacker

@@ -104,7 +104,7 @@ class Config:
         assert self.segment >= 1, "segment must be >= 1 token"
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(keep=min(keep, 1.0))
 
 

@@ -1,10 +1,20 @@
 """LongLLMLingua: Accelerating and Enhancing LLMs in Long Context Scenarios via Prompt
 Compression, arXiv 2310.06839, record `longllmlingua-2024`.
 
-Checked against the official repository microsoft/LLMLingua (llmlingua/prompt_compressor.py:
-get_rank_results with rank_method="longllmlingua", control_context_budget,
-iterative_compress_prompt with condition_compare); no code was taken from it: this is written
-from the paper.
+Official code: microsoft/LLMLingua@e0e9d99beb94098bbd924aa53c2c112eac41c758
+(`llmlingua/prompt_compressor.py`); no code was taken from it. Checked in memory: the official
+coarse stage, `PromptCompressor.control_context_budget` with `get_rank_results`
+(`rank_method="longllmlingua"`, `condition_in_question="after"`, `reorder_context="sort"`),
+`get_condition_ppl` and `get_ppl` (the small LM and tokenizer replaced by this package's tiny
+random LLaMA and a character tokenizer that adds a start token, as LLaMA's does), against
+`rank_documents` + `keep_documents` + `dynamic_offsets` on 30 seeded prompts (2-7 documents,
+targets 0-50% of the documents, context_budget "+100", "*2", "+0", "-5", "*1.5", dynamic 0,
+0.3, 0.5): the same ranking, the same kept documents and the same rank-order offsets in all
+30. Fixed after the check: the coarse allowance is the official `context_budget` rule (default
+"+100" tokens; it replaces our `coarse = 2` multiple). The fine-grained stage
+(`iterative_compress_prompt`: a perplexity threshold per segment estimated from the segment's
+keep ratio, with a KV cache) was not run against ours: here each segment keeps exactly its
+count of highest-scored tokens (below). Otherwise written from the paper.
 
 The prompt is an instruction, K documents and a question. The instruction and the question are
 kept whole; the documents share the rest of a budget of `ceil(keep * L)` tokens. Compression is
@@ -13,8 +23,10 @@ conditioned on the question throughout:
 1. question-aware coarse-grained compression: each document k gets
    `r_k = -mean_i log p(q_i | document k, q_<i)` over the question followed by a restrictive
    sentence ("We can get the answer to this question in the given documents."); lower means
-   more relevant. Documents are kept best first until they hold `coarse` times the documents'
-   token budget (the document that crosses it is kept);
+   more relevant (ties: the earlier document). Documents are taken best first, each one's
+   length subtracted from the allowance (the documents' token budget changed by
+   `context_budget`, "+100" by default), until the allowance is below zero (the document that
+   crosses it is kept);
 2. document reordering: the kept documents are placed in rank order, most relevant first;
 3. dynamic compression ratios: the kept document of rank i (0-based, K' kept) keeps the share
    `clip(tau_doc + dtau * (1 - 2 i / (K' - 1)), 0, 1)` of its tokens, a linear schedule from
@@ -29,19 +41,24 @@ conditioned on the question throughout:
 Budgets are exact: the output has `ceil(keep * L)` tokens whenever that is at least the
 instruction and question lengths (which are never dropped).
 
-Defaults: `dynamic = 0.3` and rank-order placement follow the LongLLMLingua example in the
-official README; the coarse allowance (`coarse = 2`, a multiple of the budget) is ours, the
-official code adds a fixed 100 tokens instead.
+Defaults: `dynamic = 0.3`, rank-order placement (`reorder_context="sort"`) and
+`context_budget = "+100"` follow the LongLLMLingua example in the official README.
 
-Simplified: subsequence recovery (restoring key entities in the LLM's response) is omitted, as
-it post-processes the answer, not the prompt; segments are re-scored without a KV cache; the
-question conditions the tokens on its own, without the instruction.
+Simplified / differs from the official code: subsequence recovery (restoring key entities in
+the LLM's response) is omitted, as it post-processes the answer, not the prompt; segments are
+re-scored without a KV cache; the question conditions the tokens on its own, without the
+instruction; the fine-grained stage keeps exact counts (the official one thresholds perplexity,
+so its budget is approximate); the official code counts each document with its start token
+(one token more per document in the coarse allowance) and tokenizes a document and the question
+together for the ranking (here each separately, which can differ at the seam for BPE); the
+official budget is a float (`rate * L - instruction - question`), here `ceil(keep * L)`.
 
 Shapes: ids `(1, T)`; log-probabilities `(1, T)`; per-segment scores `(S,)`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,12 +81,15 @@ IMPL = ImplInfo(
 )
 
 RESTRICT = " We can get the answer to this question in the given documents."
+BUDGET_RULE = r"\s*([-+*])\s*(\d+(?:\.\d*)?)\s*"
 
 
 @dataclass(frozen=True)
 class Config:
     keep: float = 0.5  # share of the prompt's tokens kept (0 < keep <= 1)
-    coarse: float = 2.0  # documents are kept until they hold this many times their budget
+    # documents are kept until they hold more than the budget changed by this (official name
+    # and default: "+100" tokens; "*2" doubles it, "-10" ...)
+    context_budget: str = "+100"
     reorder: bool = True  # place kept documents most relevant first (else original order)
     dynamic: float = 0.3  # dtau: spread of the per-document keep share across ranks
     segment: int = 200  # tokens per segment of the fine-grained compression
@@ -77,12 +97,14 @@ class Config:
 
     def __post_init__(self) -> None:
         assert 0.0 < self.keep <= 1.0, "keep must be in (0, 1]"
-        assert self.coarse >= 1.0, "coarse must be >= 1 (documents must hold their budget)"
+        assert re.fullmatch(BUDGET_RULE, self.context_budget), (
+            f"context_budget must look like '+100', '-10' or '*2', not {self.context_budget!r}"
+        )
         assert 0.0 <= self.dynamic <= 1.0, "dynamic must be in [0, 1]"
         assert self.segment >= 1, "segment must be >= 1 token"
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     return Config(keep=min(keep, 1.0))
 
 
@@ -100,17 +122,35 @@ def rank_documents(
     return sorted(range(len(docs)), key=lambda k: (r[k], k))
 
 
+def coarse_target(budget: float, context_budget: str) -> float:
+    """The documents' coarse allowance: `budget` changed by `context_budget` ("+100", "*2")."""
+    match = re.fullmatch(BUDGET_RULE, context_budget)
+    assert match, f"context_budget must look like '+100', '-10' or '*2', not {context_budget!r}"
+    op, value = match.group(1), float(match.group(2))
+    return budget + value if op == "+" else budget - value if op == "-" else budget * value
+
+
 def keep_documents(
-    ranked: Sequence[int], lengths: Sequence[int], budget: int, coarse: float
+    ranked: Sequence[int], lengths: Sequence[int], budget: float, context_budget: str = "+100"
 ) -> list[int]:
-    """Documents in rank order until their length reaches `coarse * budget` (crossing one kept)."""
-    kept, used = [], 0
+    """Documents in rank order, each taken and its length subtracted from the allowance
+    `coarse_target(budget, context_budget)`, until the allowance is below zero (the crossing
+    document is kept; one that leaves exactly zero is not the last), as the official
+    `control_context_budget`."""
+    target = coarse_target(budget, context_budget)
+    kept = []
     for k in ranked:
-        if used >= coarse * budget:
-            break
+        target -= lengths[k]
         kept.append(k)
-        used += lengths[k]
+        if target < 0:
+            break
     return kept
+
+
+def dynamic_offsets(K: int, dynamic: float) -> list[float]:
+    """The rank-order offsets of the keep share, `dynamic * (1 - 2 i / (K - 1))`: from
+    `+dynamic` for the best document to `-dynamic` for the last (0 for a single one)."""
+    return [dynamic * (1 - 2 * i / (K - 1)) for i in range(K)] if K > 1 else [0.0] * K
 
 
 def dynamic_counts(lengths: Sequence[int], budget: int, dynamic: float) -> list[int]:
@@ -120,8 +160,7 @@ def dynamic_counts(lengths: Sequence[int], budget: int, dynamic: float) -> list[
     if not K or not total:
         return [0] * K
     tau = budget / total
-    offsets = [dynamic * (1 - 2 * i / (K - 1)) for i in range(K)] if K > 1 else [0.0]
-    shares = [min(1.0, max(0.0, tau + d)) for d in offsets]
+    shares = [min(1.0, max(0.0, tau + d)) for d in dynamic_offsets(K, dynamic)]
     return apportion([s * n for s, n in zip(shares, lengths, strict=True)], list(lengths), budget)
 
 
@@ -190,7 +229,7 @@ def compress(
     lengths = [len(d) for d in doc_ids]
     budget = max(0, budget_tokens(config.keep, len(prompt_ids)) - len(ins_ids) - len(que_ids))
     ranked = rank_documents(doc_ids, que_ids + scorer.tokenize(config.restrict), scorer)
-    kept_docs = keep_documents(ranked, lengths, budget, config.coarse)  # rank order
+    kept_docs = keep_documents(ranked, lengths, budget, config.context_budget)  # rank order
     counts = dynamic_counts([lengths[k] for k in kept_docs], budget, config.dynamic)
     by_doc = dict(zip(kept_docs, counts, strict=True))
     order = kept_docs if config.reorder else sorted(kept_docs)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..llm.llama import Llama
+from ..selection import top_in_order
 
 
 class Scorer(Protocol):
@@ -131,8 +132,7 @@ def budget_tokens(keep: float, length: int) -> int:
 
 def keep_highest(scores: Tensor, n: int) -> Tensor:
     """Positions of the `n` highest of `scores (T,)`, ascending; ties go to the earlier token."""
-    order = torch.sort(-scores, stable=True).indices  # (T,) best first, stable on ties
-    return order[:n].sort().values
+    return top_in_order(scores, n)
 
 
 def apportion(wants: Sequence[float], caps: Sequence[int], total: int) -> list[int]:

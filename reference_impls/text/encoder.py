@@ -39,6 +39,8 @@ from typing import Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from ..restore import setting
+from ..selection import gather as gather
 from ..vision.vit import Mlp  # the same two-layer GELU MLP
 
 
@@ -246,12 +248,6 @@ def batch(
 # --- token selection shared by the methods --------------------------------------------------
 
 
-def gather(x: Tensor, index: Tensor) -> Tensor:
-    """Rows of `x (B, N, ...)` at `index (B, K)`: `(B, K, ...)`."""
-    expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-    return x.gather(1, expanded)
-
-
 def compact(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """Keep the rows of `x (B, N, C)` where `keep (B, N)` is True, per sample.
 
@@ -292,16 +288,11 @@ def attach(
     for index in [*(mid or {}), *(post or {}), *(routers or {})]:
         if not 0 <= index < len(blocks):
             raise ValueError(f"block index {index} out of range for depth {len(blocks)}")
-    saved = [(b.mid_reducer, b.post_reducer, b.router) for b in blocks]
-    # object.__setattr__: a hook that is an nn.Module must not become a registered submodule of
-    # the model (it would enter its state_dict and stay in `_modules` after exit).
-    try:
-        for name, hooks in (("mid_reducer", mid), ("post_reducer", post), ("router", routers)):
-            for index, hook in (hooks or {}).items():
-                object.__setattr__(blocks[index], name, hook)
+    hook_points = (("mid_reducer", mid), ("post_reducer", post), ("router", routers))
+    changes = [
+        (blocks[index], name, hook)
+        for name, hooks in hook_points
+        for index, hook in (hooks or {}).items()
+    ]
+    with setting(*changes):
         yield model
-    finally:
-        for block, (mid_saved, post_saved, router_saved) in zip(blocks, saved, strict=True):
-            object.__setattr__(block, "mid_reducer", mid_saved)
-            object.__setattr__(block, "post_reducer", post_saved)
-            object.__setattr__(block, "router", router_saved)

@@ -1,7 +1,9 @@
 """Mixture-of-Depths: Dynamically allocating compute in transformer-based language models
 (arXiv 2404.02258).
 
-Record `mixture-of-depths-2024`. In every routed block (every other block here: 1, 3, ...,
+Record `mixture-of-depths-2024`. No official code: the authors (Google DeepMind) released none
+and the record names no repository; community re-implementations exist and are not followed.
+This follows the paper. In every routed block (every other block here: 1, 3, ...,
 0-based, so the first block sees every token) a linear router scores each token,
 `r_i = w . x_i`. The `k = capacity * N` tokens with the largest scores go through the block,
 attending only to each other, and their update is scaled by their router weight:
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .encoder import RouteState, TextEncoder, attach, gather
 
@@ -63,8 +66,9 @@ class Config:
         assert all(b >= 0 for b in self.blocks), "block indices are 0-based"
 
 
-def config_for(keep: float, depth: int = 4) -> Config:
+def config_for(keep: float, model_config: object = None, depth: int = 4) -> Config:
     """Route every other block (1, 3, ...) at capacity `keep`."""
+    depth = depth_of(model_config, depth)
     return Config(capacity=min(1.0, keep), blocks=tuple(range(1, depth, 2)))
 
 

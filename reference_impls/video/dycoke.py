@@ -106,7 +106,7 @@ class Config:
         assert self.order in ("similarity", "position"), "order must be 'similarity' or 'position'"
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     """The pruning rate that keeps ~`keep` of the tokens of a long video (each window keeps
     `(1 + 3 (1 - K)) / 4`): `K = 4 (1 - keep) / 3`, clipped to [0, 1] (below 1/4 only the
     window anchors remain)."""
@@ -213,3 +213,7 @@ def decode_keep(
     k = int(image_attention.shape[0] * (1 - prune_ratio))
     top = image_attention.sort(descending=True, stable=True).indices[:k]
     return top.sort().values
+
+
+# The family's one entry point (`reference_impls.pack_video`).
+pack_video = dycoke_ttm

@@ -61,7 +61,7 @@ class Config:
         assert self.patch_size >= 1 and self.tubelet >= 1
 
 
-def config_for(keep: float) -> Config:
+def config_for(keep: float, model_config: object = None) -> Config:
     """RLT has no token budget: what it keeps depends on how static the video is. `keep >= 1`
     keeps every patch (a negative threshold); any smaller keep gives the official threshold."""
     assert 0.0 < keep <= 1.0, "keep must be in (0, 1]"
@@ -126,3 +126,7 @@ def length_encoding(run_length: Tensor, dim: int, base: float = 1000.0) -> Tenso
     frequency = base ** (-(channel - channel % 2).double() / dim)  # (dim,)
     angle = run_length.double()[..., None] * frequency
     return torch.where(channel % 2 == 0, angle.sin(), angle.cos()).float()
+
+
+# The family's one entry point (`reference_impls.pack_video`).
+pack_video = run_length_tokenize

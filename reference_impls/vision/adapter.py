@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from ..restore import setting
 from .vit import Reducer, VisionTransformer
 
 
@@ -25,20 +26,11 @@ def attach(
     for index in [*(mid or {}), *(pre or {})]:
         if not 0 <= index < len(blocks):
             raise ValueError(f"block index {index} out of range for depth {len(blocks)}")
-    saved = [(block.pre_reducer, block.mid_reducer) for block in blocks]
-    saved_track = model.track_size
-    # object.__setattr__: a reducer that is an nn.Module must not become a registered submodule
-    # of the model (it would enter its state_dict and stay in `_modules` after exit).
-    try:
-        for index, reducer in (mid or {}).items():
-            object.__setattr__(blocks[index], "mid_reducer", reducer)
-        for index, reducer in (pre or {}).items():
-            object.__setattr__(blocks[index], "pre_reducer", reducer)
-        if track_size is not None:
-            model.track_size = track_size
+    changes: list[tuple[object, str, object]] = [
+        *((blocks[i], "mid_reducer", reducer) for i, reducer in (mid or {}).items()),
+        *((blocks[i], "pre_reducer", reducer) for i, reducer in (pre or {}).items()),
+    ]
+    if track_size is not None:
+        changes.append((model, "track_size", track_size))
+    with setting(*changes):
         yield model
-    finally:
-        for block, (pre_saved, mid_saved) in zip(blocks, saved, strict=True):
-            object.__setattr__(block, "pre_reducer", pre_saved)
-            object.__setattr__(block, "mid_reducer", mid_saved)
-        model.track_size = saved_track

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tokens import kept_count, three_stages, weighted_merge
@@ -67,8 +68,9 @@ class Config:
         assert self.linkage in LINKAGES, f"linkage must be one of {LINKAGES}"
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """Three equal stages at 1/4, 1/2 and 3/4 depth leaving ~keep_rate of the patches."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     if keep_rate >= 1.0:
         return Config(keep_rate=1.0, blocks=())
     return Config(keep_rate=keep_rate ** (1 / 3), blocks=three_stages(depth))

@@ -70,6 +70,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tokens import gather, kept_count, three_stages
@@ -104,9 +105,10 @@ class Config:
         assert self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS}"
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """Three stages at 1/4, 1/2 and 3/4 depth with budgets r^(1/3), r^(2/3), r of the patches:
     at most ~keep_rate of them remain (fewer where samples coincide); identity at rate >= 1."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     if keep_rate >= 1.0:
         return Config(keep_rates=(), blocks=())
     blocks = three_stages(depth)

@@ -1,7 +1,26 @@
 """A-ViT: Adaptive Tokens for Efficient Vision Transformer (arXiv 2112.07658).
 
-Record `avit-2022`; checked against the official repository https://github.com/NVlabs/A-ViT
-(timm/models/act_vision_transformer.py, engine_act.py, README). Our own code.
+Record `avit-2022`; official repository https://github.com/NVlabs/A-ViT. Our own code.
+
+Checked against the official code at commit 120c9cb90acf86828f1c61dd42c08722aa7173c7, run in
+memory outside the project: `VisionTransformer.forward_features_act_token`
+(timm/models/act_vision_transformer.py) driven by stub blocks that return preset seeded halting
+scores, against our `halting_step` (30 cases: batch 1-3, 16-196 patches, depth 4 and 12, scores
+uniform or skewed towards 0). The set of halted patch tokens before every block is identical in
+all cases, and each token's ponder (`rho_token`: blocks run plus the remainder at its halt, the
+last block forcing a halt) equals ours to float tolerance (largest difference 1e-6). The gate
+`sigmoid(gate_scale * x[..., 0] - gate_center)` and the README's DeiT-T settings (gate_scale 10,
+gate_center 30, ponder_token_scale 5e-4, distr_prior_alpha 1e-3, eps 0.01) are our defaults.
+Documented differences, beside the simplifications below: at a cumulative score of exactly
+`1 - eps` the official code masks the token without adding its remainder (we add it; a
+measure-zero event); the official distributional prior averages the halting scores of every token
+(CLS and already halted ones too) with `torch.mean(h[1:])`, which drops the batch's first image
+rather than CLS (NaN at batch size 1), and compares them with a Gaussian pdf over all 12 blocks
+scaled so that the blocks before the target depth sum to 0.98 (utils.get_distribution_target),
+KL averaged over the blocks (`KLDivLoss(reduction="batchmean")`). Ours: the running patch tokens'
+mean, a normalised Gaussian over the hooked blocks, the KL summed. The official code masks halted
+tokens in inference too (features zeroed, attention bias -1000); ours removes them in eval mode,
+which other tokens cannot tell apart (their weight on a masked key is about e^-1000).
 
 Adaptive Computation Time per token: after every block each patch token k gets a halting score
 `h = sigmoid(gamma * t_k[0] + beta)` from the first channel of its own embedding (no extra
@@ -47,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tokens import keep_topk
@@ -85,9 +105,10 @@ class Config:
         assert self.ponder_weight >= 0.0 and self.prior_weight >= 0.0
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """Halting before every block from 1 on; a neutral token (first channel 0) halts after
     `keep_rate` of them. No halting at all at rate 1."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     if keep_rate >= 1.0:
         return Config(blocks=())
     blocks = tuple(range(1, depth))

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..families import depth_of, patches_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tokens import gather
@@ -89,13 +90,14 @@ class Config:
         assert self.metric in METRICS, f"metric must be one of {METRICS}"
 
 
-def config_for(keep_rate: float, depth: int, num_patches: int = 196) -> Config:
+def config_for(keep_rate: float, model_config: object, num_patches: int = 196) -> Config:
     """Remove about `(1 - keep_rate) * num_patches` tokens, evenly over the blocks after the first
     (DiffRate never reduces in block 0), half by pruning and half by merging.
 
     DiffRate learns these counts; the even split is our stand-in. The counts are absolute, so this
     needs the patch count (DeiT at 224px by default).
     """
+    depth, num_patches = depth_of(model_config), patches_of(model_config, num_patches)
     assert keep_rate > 0.0 and depth >= 1 and num_patches >= 1
     if keep_rate >= 1.0:
         return Config(counts=())

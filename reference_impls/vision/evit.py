@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tokens import drop_mask, keep_topk, three_stages
@@ -70,9 +71,10 @@ class Config:
         assert len(set(self.blocks)) == len(self.blocks), "each block at most once"
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """Three equal stages at 1/4, 1/2 and 3/4 depth leaving ~keep_rate of the patches; identity
     (no reducing block) at keep_rate >= 1."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     if keep_rate >= 1.0:
         return Config(keep_rate=1.0, blocks=())
     return Config(keep_rate=keep_rate ** (1 / 3), blocks=three_stages(depth))

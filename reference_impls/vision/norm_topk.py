@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tokens import keep_topk, kept_count, three_stages
@@ -40,8 +41,9 @@ class Config:
         assert 0.0 < self.keep_rate <= 1.0, "keep_rate must be in (0, 1]"
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """Three equal pruning stages at 1/4, 1/2 and 3/4 depth leaving ~keep_rate of the patches."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     return Config(keep_rate=keep_rate ** (1 / 3), blocks=three_stages(depth))
 
 

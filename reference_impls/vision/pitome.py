@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tome import Merge, SourceTrace
@@ -107,8 +108,9 @@ class Config:
         assert self.mode in MODES, f"mode must be one of {MODES}"
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """The same ratio in every block, leaving about `keep_rate` of the patches after the last."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     assert keep_rate > 0.0 and depth >= 1
     if keep_rate >= 1.0:
         return Config(ratio=1.0, blocks=())

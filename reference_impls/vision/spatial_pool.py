@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .vit import TokenState, VisionTransformer
@@ -64,8 +65,9 @@ def spatial_pool(
     return out, torch.cat([size[:, :num_prefix], new_size], dim=1)
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """Pooling has one fixed ratio (1/4): at rate 1 no block pools, otherwise the middle one."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     return Config(blocks=() if keep_rate >= 1.0 else (depth // 2,))
 
 

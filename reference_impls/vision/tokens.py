@@ -9,10 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def gather(x: Tensor, index: Tensor) -> Tensor:
-    """Rows of `x (B, N, C)` at `index (B, K)`: `(B, K, C)`."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+from ..selection import gather as gather
 
 
 def keep_topk(

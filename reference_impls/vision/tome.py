@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..families import depth_of, patches_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .vit import TokenState, VisionTransformer
@@ -117,10 +118,11 @@ class Config:
         return tuple(int(2 * self.r * (1 - i / (depth - 1))) for i in range(depth))
 
 
-def config_for(keep_rate: float, depth: int, num_patches: int = 196) -> Config:
+def config_for(keep_rate: float, model_config: object, num_patches: int = 196) -> Config:
     """A constant `r` that leaves about `keep_rate` of `num_patches` patch tokens after the last
     block (ToMe's r is an absolute count, so it needs the patch count: DeiT at 224px by default).
     """
+    depth, num_patches = depth_of(model_config), patches_of(model_config, num_patches)
     assert keep_rate > 0.0 and depth >= 1 and num_patches >= 1
     if keep_rate >= 1.0:
         return Config(r=0)

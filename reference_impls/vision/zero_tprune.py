@@ -1,8 +1,10 @@
 """Zero-TPrune: Zero-Shot Token Pruning through Leveraging of the Attention Graph in Pre-Trained
 Transformers (arXiv 2305.17328).
 
-Record `zero-tprune-2024`. No official code repository was found to check against (the paper
-links only a project page, jha-lab.github.io/zerotprune); this follows the paper's description.
+Record `zero-tprune-2024`. No official code: none was found to check against (the paper links
+only a project page, jha-lab.github.io/zerotprune; the stored GitHub index, searched by name and
+by title, has only a third-party reimplementation, MahdiarKhodabakhshi/Zero-TPrune, not by the
+authors and not used here). This follows the paper's description.
 
 The I-stage, between attention and MLP of the chosen blocks: each head's attention matrix
 `A (N, N)` (rows: queries, summing to 1) is read as a weighted directed graph, and token
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .adapter import attach
 from .tokens import keep_topk, kept_count, three_stages
@@ -69,9 +72,10 @@ def wpr_iterations(index: int, depth: int) -> int:
     return 1 if index >= depth - 3 else 5
 
 
-def config_for(keep_rate: float, depth: int) -> Config:
+def config_for(keep_rate: float, model_config: object) -> Config:
     """Three equal stages at 1/4, 1/2 and 3/4 depth leaving ~keep_rate of the patches; identity
     (no pruning block) at keep_rate >= 1."""
+    depth = depth_of(model_config)  # a ViTConfig (or, as before, the depth)
     if keep_rate >= 1.0:
         return Config(keep_rate=1.0, blocks=(), iterations=())
     blocks = three_stages(depth)

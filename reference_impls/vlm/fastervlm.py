@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .llava import Llava, VisualState, attach
 from .select import gather, top_in_order
@@ -48,7 +49,8 @@ class Config:
         assert 0.0 < self.keep <= 1.0, "keep must be in (0, 1]"
 
 
-def config_for(keep: float, depth: int = 32) -> Config:
+def config_for(keep: float, model_config: object = None, depth: int = 32) -> Config:
+    depth = depth_of(model_config, depth)  # a LlavaConfig: its language model's depth
     return Config(keep=min(1.0, keep))
 
 

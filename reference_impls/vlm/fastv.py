@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .llava import Llava, LlmState, attach, keep_visual
 from .select import top_in_order
@@ -68,8 +69,9 @@ class Config:
         assert 0.0 <= self.ratio < 1.0, "ratio must be in [0, 1)"
 
 
-def config_for(keep: float, depth: int = 32) -> Config:
+def config_for(keep: float, model_config: object = None, depth: int = 32) -> Config:
     """Keep the share `keep` of the image tokens after layer 2 (layer 1 in a 2-layer model)."""
+    depth = depth_of(model_config, depth)  # a LlavaConfig: its language model's depth
     return Config(layer=min(2, depth - 1), ratio=max(0.0, 1.0 - keep))
 
 

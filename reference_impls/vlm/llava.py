@@ -61,6 +61,7 @@ from ..llm.llama import (
     rotary,
     rotate,
 )
+from ..restore import setting
 from ..vision.vit import Block, VisionTransformer, ViTConfig
 
 
@@ -344,17 +345,13 @@ def attach(
     for index in llm or {}:
         if not 0 <= index < depth:
             raise ValueError(f"LLM layer {index} out of range for depth {depth}")
-    saved_visual, saved_llm = model.visual_reducer, model.llm_reducers
-    try:
-        # object.__setattr__: a reducer that is an nn.Module must not become a submodule.
-        if visual is not None:
-            object.__setattr__(model, "visual_reducer", visual)
-        if llm:
-            object.__setattr__(model, "llm_reducers", {**saved_llm, **llm})
+    changes: list[tuple[object, str, object]] = []
+    if visual is not None:
+        changes.append((model, "visual_reducer", visual))
+    if llm:
+        changes.append((model, "llm_reducers", {**model.llm_reducers, **llm}))
+    with setting(*changes):
         yield model
-    finally:
-        object.__setattr__(model, "visual_reducer", saved_visual)
-        object.__setattr__(model, "llm_reducers", saved_llm)
 
 
 # --- helpers for reducers ---------------------------------------------------------------------

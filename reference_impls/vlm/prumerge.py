@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from ..vision.vit import Block
 from .llava import Llava, VisualState, attach, block_qk
@@ -71,8 +72,9 @@ class Config:
         return not self.adaptive and self.keep >= 1.0
 
 
-def config_for(keep: float, depth: int = 32) -> Config:
+def config_for(keep: float, model_config: object = None, depth: int = 32) -> Config:
     """`int(n * keep)` selected tokens plus the extra one; identity at `keep >= 1`."""
+    depth = depth_of(model_config, depth)  # a LlavaConfig: its language model's depth
     return Config(adaptive=False, keep=min(1.0, keep))
 
 

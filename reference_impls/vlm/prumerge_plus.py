@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .llava import Llava, VisualState, attach
 from .prumerge import cls_scores, prumerge_tokens, selected_count, selection_ratio
@@ -66,8 +67,9 @@ class Config:
         return not self.adaptive and self.keep >= 1.0
 
 
-def config_for(keep: float, depth: int = 32) -> Config:
+def config_for(keep: float, model_config: object = None, depth: int = 32) -> Config:
     """About `keep * n` tokens: a quarter selected by attention, the rest sampled uniformly."""
+    depth = depth_of(model_config, depth)  # a LlavaConfig: its language model's depth
     if keep >= 1.0:
         return Config(adaptive=False, keep=1.0)
     return Config(adaptive=False, keep=keep / 4)

@@ -1,11 +1,17 @@
 """PyramidDrop: Accelerating Your Large Vision-Language Models via Pyramid Visual Redundancy
 Reduction (arXiv 2410.17247).
 
-Checked against the official repository Cooperx521/PyramidDrop (`llava/model/
-modeling_llama_pdrop.py`: `pdrop_forward`, `pdrop_rank_drop`; the LLaVA-1.5 evaluation scripts'
-`--layer_list '[8,16,24]' --image_token_ratio_list "[0.5,0.25,0.125]"`); no code was taken from
-it. The language model is cut into stages; at the start of each new stage (before layers 8, 16
-and 24 of 32, 0-based) during prefill:
+Official code: Cooperx521/PyramidDrop@6444f304aee4b7edcb022839fb9e8cd07859704a
+(`llava/model/modeling_llama_pdrop.py`: `pdrop_forward`, `pdrop_rank_drop`; the LLaVA-1.5
+evaluation scripts' `--layer_list '[8,16,24]' --image_token_ratio_list "[0.5,0.25,0.125]"`); no
+code was taken from it. Checked in memory: the official `pdrop_rank_drop` (inference branch,
+right padding, bound to this module's tiny language model with one KV head per query head, its
+rotary helpers stubbed by ours) against `query_attention` + `pdrop_scores` + `kept_count` +
+`top_in_order` on 24 seeded cases (batch 1, 37-100 visual tokens, stages 0-2, rank layers 1-7,
+contiguous positions): the returned sequence equal exactly (max abs difference 0.0).
+
+The language model is cut into stages; at the start of each new stage (before layers 8, 16 and
+24 of 32, 0-based) during prefill:
 
 1. rank: the attention that the *last instruction token* (the last prompt token at inference)
    would give in that layer, computed with the layer's own norm, query/key projections and
@@ -15,9 +21,15 @@ and 24 of 32, 0-based) during prefill:
    model started with and `ratio_s` the stage's ratio (0.5, 0.25, 0.125 by default, i.e. `lambda
    = 0.5` per stage), in their original order; text tokens stay.
 
-Simplified: kept tokens keep their original rotary positions (the official code renumbers the
-positions contiguously after each drop, and drops during prefill only, as here). PyramidDrop can
-also be used while training; only the inference path is reproduced.
+Simplified / differs from the official code: kept tokens keep their original rotary positions;
+the official code renumbers positions contiguously after each drop (so from the second stage on
+it also ranks with renumbered positions, and while decoding it shifts each stage's positions by
+the tokens dropped before it); this needs position support in `llava.py`. Ties among equal
+scores keep the earlier token (the official `topk` leaves them to the backend). The official
+code ranks each sample of a right-padded batch at its own last prompt token; this model has no
+padding, so the last token serves every sample. Drops happen during prefill only, as
+officially. PyramidDrop can also be used while training (the query is then the token before
+each answer span); only the inference path is reproduced.
 
 Shapes: hidden `(B, T, C)`; attention row `(B, H, T)`; scores `(B, v)`; kept `(B, k)`.
 
@@ -32,6 +44,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .llava import Llava, LlmState, attach, keep_visual, query_attention
 from .select import top_in_order
@@ -59,9 +72,10 @@ class Config:
         assert list(self.ratios) == sorted(self.ratios, reverse=True), "ratios must not grow"
 
 
-def config_for(keep: float, depth: int = 32) -> Config:
+def config_for(keep: float, model_config: object = None, depth: int = 32) -> Config:
     """Stages at 1/4, 1/2 and 3/4 of the depth with ratios `lambda, lambda^2, lambda^3`, lambda =
     keep ** (1/3), so that the last stage keeps the share `keep`; identity at `keep >= 1`."""
+    depth = depth_of(model_config, depth)  # a LlavaConfig: its language model's depth
     if keep >= 1.0:
         return Config(layers=(), ratios=())
     layers = sorted({max(1, depth * s // 4) for s in (1, 2, 3)})

@@ -12,16 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def top_by_score(scores: Tensor, k: int) -> Tensor:
-    """The `k` best positions per row, best first: `(B, n) -> (B, k)`."""
-    assert 0 <= k <= scores.shape[-1], f"cannot take {k} of {scores.shape[-1]}"
-    return scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
-
-
-def top_in_order(scores: Tensor, k: int) -> Tensor:
-    """The `k` best positions per row in ascending (spatial or sequence) order."""
-    return top_by_score(scores, k).sort(dim=-1).values
+from ..selection import gather as gather
+from ..selection import top_by_score as top_by_score
+from ..selection import top_in_order as top_in_order
 
 
 def complement(index: Tensor, n: int) -> Tensor:
@@ -33,11 +26,6 @@ def complement(index: Tensor, n: int) -> Tensor:
         .expand(index.shape[0], n)[mask]
         .view(index.shape[0], n - index.shape[1])
     )
-
-
-def gather(x: Tensor, index: Tensor) -> Tensor:
-    """Rows of `x (B, n, C)` at `index (B, k)`: `(B, k, C)`."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def iqr_outliers(scores: Tensor) -> int:

@@ -1,9 +1,16 @@
 """SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference (arXiv
 2410.04417).
 
-Checked against the official repository Gumpest/SparseVLMs (`llava/model/language_model/
-modelling_sparse_llama.py`, `score.py`, `utils.py: cluster_and_merge`); no code was taken from
-it. Text-guided pruning inside the language model, during prefill:
+Official code: Gumpest/SparseVLMs@26a5f48813c46cd1c7364160354e7fdd3febaa67
+(`llava/model/language_model/modelling_sparse_llama.py`, `score.py`, `utils.py`); no code was
+taken from it. Checked in memory, version 1.0 (`USE_VERSION=1_0`, the default), retain 192: the
+rater selection of `LlamaModel.forward`, `score.attn_postprocess_topk`, the recycling block of
+`forward` and `utils.cluster_and_merge` (its density noise set to zero) against `select_raters`,
+`rater_scores`, `top_in_order`, `recycle_counts`, `dpc_knn` and `cluster_means` on 40 seeded
+cases (batch 1, 37-576 visual tokens, 10-22 text tokens, layers 2, 6, 15, fp32): the same
+raters, kept tokens, recycled tokens and counts in every case; scores and recycled means equal
+to 2.4e-7. Fixed after the check: the recycled mean is the official `sum / (size + 1e-6)`.
+Text-guided pruning inside the language model, during prefill:
 
 1. raters: once, at the language model's input, the text tokens after the image that are
    relevant to it: `m = softmax_text(V T^T)` averaged over the visual tokens `V`, raters are the
@@ -18,14 +25,19 @@ it. Text-guided pruning inside the language model, during prefill:
    `c = int(r / 10) + 1` clusters, and each cluster's mean is inserted after the kept visual
    tokens; the next layers see the kept plus the recycled tokens.
 
-Simplified: the official code's first release (October 2024) set the number of tokens kept from the
-rank of the rater-visual attention matrix (`scale * rank`); its current code uses the fixed
-per-layer counts reproduced here (`config_for` scales the 192-token schedule to other budgets and
-the layers to other depths). Positions: kept tokens keep their original rotary positions and a
-recycled token takes the position of its cluster centre (the official code renumbers positions
-contiguously after each pruning). The official code adds tiny random noise to the densities to
-break ties; none is added here (exact density ties are left as they are). Raters are chosen per
-sample; one rater set serves all sparsification layers.
+Simplified / differs from the official code: the first release (October 2024) set the number
+of tokens kept from the rank of the rater-visual attention matrix (`scale * rank`); the current
+code uses fixed per-layer counts, one schedule per budget (`OFFICIAL_SCHEDULES`: 192, 128, 96
+and 64 retained tokens; the 128/96/64 schedules are not the 192 one scaled, which `config_for`
+does today). Positions: kept tokens keep their original rotary positions and a recycled token
+takes the position of its cluster centre; version 1.0 renumbers positions contiguously after
+each pruning and decodes at the cache length (this model continues decoding at the original
+length, `llava.py`, so renumbering alone would leave a gap). The official code adds noise
+(uniform, below 1e-6) to the densities to break ties; none is added here (exact ties go to
+the first index). The official code prunes by sample 0's scores only (`mask[0][indices]`) and
+runs batch 1; here every sample chooses. Version 2.0 (SparseVLM+: attention divided by a
+rotary bias, the 14 heads with most text-to-visual attention, no recycling, positions kept)
+is not included. One rater set serves all sparsification layers, as in the official code.
 
 Shapes: hidden `(B, T, C)`; attention `(B, H, T, T)`; scores `(B, v)`; recycled `(B, c, C)`.
 
@@ -41,6 +53,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..families import depth_of
 from ..registry import ImplInfo
 from .llava import Llava, LlmState, attach, keep_visual
 from .select import complement, gather, top_by_score, top_in_order
@@ -62,6 +75,13 @@ IMPL = ImplInfo(
 OFFICIAL_LAYERS = (2, 6, 15)
 OFFICIAL_KEEP = (300 / 576, 200 / 576, 110 / 576)
 OFFICIAL_BUDGET = 192 / 576
+# score.py's per-layer counts (of 576) for each number of retained tokens, version 1.0.
+OFFICIAL_SCHEDULES = {
+    192: (300, 200, 110),
+    128: (303, 110, 36),
+    96: (238, 48, 26),
+    64: (66, 30, 17),
+}
 
 
 @dataclass(frozen=True)
@@ -80,9 +100,10 @@ class Config:
         assert 0.0 <= self.recycle_share <= 1.0 and self.tokens_per_cluster >= 1
 
 
-def config_for(keep: float, depth: int = 32) -> Config:
+def config_for(keep: float, model_config: object = None, depth: int = 32) -> Config:
     """The official schedule scaled to an average budget `keep` (192/576 is the official one)
     and to `depth` layers; identity (no layer) at `keep >= 1`."""
+    depth = depth_of(model_config, depth)  # a LlavaConfig: its language model's depth
     if keep >= 1.0:
         return Config(layers=(), keep=())
     layers = sorted({min(depth - 2, round(layer * depth / 32)) for layer in OFFICIAL_LAYERS})
@@ -126,9 +147,12 @@ def dpc_knn(x: Tensor, clusters: int) -> tuple[Tensor, Tensor]:
 
 
 def cluster_means(x: Tensor, assign: Tensor, clusters: int) -> Tensor:
-    """Mean of the rows of `x (B, n, C)` in each cluster: `(B, clusters, C)`."""
+    """Mean of the rows of `x (B, n, C)` in each cluster: `(B, clusters, C)`, each row weighted
+    `1 / (size + 1e-6)` as the official `cluster_and_merge` does (a mean scaled by
+    `size / (size + 1e-6)`)."""
     one_hot = torch.nn.functional.one_hot(assign, clusters).to(x.dtype)  # (B, n, c)
-    return one_hot.transpose(1, 2) @ x / one_hot.sum(dim=1).unsqueeze(-1)
+    weights = one_hot / (one_hot.sum(dim=1, keepdim=True) + 1e-6)  # (B, n, c)
+    return weights.transpose(1, 2) @ x
 
 
 def recycle_counts(deleted: int, config: Config) -> tuple[int, int]:

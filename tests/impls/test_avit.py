@@ -128,6 +128,31 @@ def test_ponder_loss_by_hand(h: float, ponder: float) -> None:
     torch.testing.assert_close(reducer.ponder_loss(), torch.tensor(ponder))
 
 
+def test_halting_step_mixed_tokens_by_hand() -> None:
+    """Two images, tokens halting at checks 1, 2 and never; per-token ponder as officially.
+
+    Official A-ViT (rho_token): each block a running token runs adds 1, halting adds the
+    remainder; the last block forces a halt. Depth 4, checks after blocks 0, 1, 2, eps 0.01."""
+    scores = [
+        torch.tensor([[0.995, 0.5, 0.2], [0.2, 0.995, 0.5]]),
+        torch.tensor([[0.9, 0.5, 0.2], [0.2, 0.9, 0.5]]),
+        torch.tensor([[0.9, 0.9, 0.2], [0.2, 0.9, 0.9]]),
+    ]
+    state = Halting.start(torch.zeros(2, 4, 1))
+    running = []
+    for h in scores:
+        state = avit.halting_step(state, h, 1, 0.01)
+        running.append(state.running.tolist())
+    assert running == [
+        [[False, True, True], [True, False, True]],
+        [[False, False, True], [True, False, False]],
+        [[False, False, True], [True, False, False]],
+    ]
+    last = state.running.float() * (1 + state.remainder)  # the forced halt in the last block
+    expected = torch.tensor([[1 + 1.0, 2 + 0.5, 4 + 0.4], [4 + 0.4, 1 + 1.0, 2 + 0.5]])
+    torch.testing.assert_close(state.ponder + last, expected)
+
+
 def test_prior_loss_vanishes_at_the_target() -> None:
     """KL is 0 when the per-block mean scores follow the target Gaussian, positive otherwise."""
     config = replace(constant(0.5), target_depth=1.0)

@@ -37,12 +37,16 @@ def test_kept_counts_per_block(device: str) -> None:
 
 
 def test_keep_ratio_one_changes_nothing() -> None:
-    """rho = 1 keeps every token in its order: the output equals the unpatched model's."""
+    """rho = 1 with keep_order keeps every token in place: exactly the unpatched output.
+
+    The official layout reorders them best first: the same output up to float summation order."""
     model, x = tiny_vit(), images()
     with torch.no_grad():
         reference = model(x)
-        with patch(model, replace(STAGES, keep_ratio=1.0)):
+        with patch(model, replace(STAGES, keep_ratio=1.0, keep_order=True)):
             torch.testing.assert_close(model(x), reference, rtol=0, atol=0)
+        with patch(model, replace(STAGES, keep_ratio=1.0)):
+            torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-6)
     assert dynamicvit.config_for(1.0, 12).blocks == ()
 
 
@@ -181,7 +185,7 @@ def naive_predict_and_prune(
             z = torch.cat([feats[i][:half], glob])
             log_probs[b, i] = predictor.head(z).log_softmax(dim=-1)
         scores = [(log_probs[b, i, 0].item(), i) for i in range(N - 1)]
-        best = sorted(i for _, i in sorted(scores, reverse=True)[:k])
+        best = [i for _, i in sorted(scores, reverse=True)[:k]]  # best first, as officially
         pruned.append(torch.stack([x[b, 0]] + [x[b, 1 + i] for i in best]))
     return log_probs, torch.stack(pruned)
 
@@ -199,6 +203,46 @@ def test_matches_naive_loop() -> None:
         naive_log_probs, naive_pruned = naive_predict_and_prune(predictor, x, keep, 7)
     torch.testing.assert_close(log_probs, naive_log_probs)
     torch.testing.assert_close(pruned, naive_pruned)
+
+
+def test_prune_lays_out_best_first_like_the_official_argsort() -> None:
+    """Scores 0.1, 0.9, 0.5, 0.7 keep patches 1, 3 (best first) at k=2; per image in a batch."""
+    x = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)  # row r of image b: 10b+2r
+    keep = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.8, 0.2, 0.6, 0.4]])
+    log_probs = torch.stack([keep, 1 - keep], dim=-1)  # (B, P, 2); only index 0 is read
+    out, _, kept = dynamicvit.prune(x, log_probs, 2)
+    assert kept.tolist() == [[1, 3], [0, 2]]
+    assert out[:, :, 0].tolist() == [[0.0, 4.0, 8.0], [10.0, 12.0, 16.0]]  # CLS, then best first
+    ordered, _, _ = dynamicvit.prune(x, log_probs, 2, keep_order=True)
+    assert ordered[:, :, 0].tolist() == [[0.0, 4.0, 8.0], [10.0, 12.0, 16.0]]
+    out, _, kept = dynamicvit.prune(x, log_probs, 3)
+    assert kept.tolist() == [[1, 3, 2], [0, 2, 3]]
+    ordered, _, _ = dynamicvit.prune(x, log_probs, 3, keep_order=True)
+    assert ordered[:, :, 0].tolist() == [[0.0, 4.0, 6.0, 8.0], [10.0, 12.0, 16.0, 18.0]]
+
+
+def test_prune_edge_cases_all_none_and_fp16() -> None:
+    """k = P keeps every patch reordered best first; k = 0 keeps CLS alone; fp16 works alike."""
+    x = torch.arange(4 * 3, dtype=torch.float16).reshape(1, 4, 3)
+    log_probs = torch.tensor([[[0.2, 0.8], [0.9, 0.1], [0.5, 0.5]]], dtype=torch.float16).log()
+    size = torch.tensor([[[1.0], [2.0], [3.0], [4.0]]], dtype=torch.float16)
+    out, out_size, kept = dynamicvit.prune(x, log_probs, 3, size)
+    assert out.dtype == torch.float16 and kept.tolist() == [[1, 2, 0]]
+    assert out[0, :, 0].tolist() == [0.0, 6.0, 9.0, 3.0]
+    assert out_size is not None and out_size[0, :, 0].tolist() == [1.0, 3.0, 4.0, 2.0]
+    out, _, kept = dynamicvit.prune(x, log_probs, 0)
+    assert out.shape == (1, 1, 3) and kept.shape == (1, 0)
+
+
+def test_keep_order_does_not_change_the_logits() -> None:
+    """Best-first (official) and spatial order give the same logits: attention ignores order."""
+    model, x = tiny_vit(), images()
+    with torch.no_grad():
+        with patch(model, STAGES):
+            official = model(x)
+        with patch(model, replace(STAGES, keep_order=True)):
+            spatial = model(x)
+    torch.testing.assert_close(official, spatial, rtol=1e-5, atol=1e-5)
 
 
 # --- the paper's cost ------------------------------------------------------------------------

@@ -76,6 +76,25 @@ def test_each_image_takes_its_own_branch() -> None:
     torch.testing.assert_close(out[:, 0], x[:, 0])  # CLS first (ToMe's average: to rounding)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_variance_by_hand_and_r_past_the_cap(dtype: torch.dtype) -> None:
+    """Scores 0.1, 0.4, 0.2, 0.3: unbiased variance 0.05 / 3 = 0.01667. Below a threshold of
+    0.0167 the image pools, at 0.0166 it prunes; r = 5 of 5 tokens is capped at 2: pruning keeps
+    CLS, patch 2 (0.4) and patch 4 (0.3), best first."""
+    x = torch.arange(5 * 2, dtype=dtype).reshape(1, 5, 2)  # row i = (2i, 2i + 1)
+    scores = torch.tensor([[0.1, 0.4, 0.2, 0.3]], dtype=dtype)
+    metric = torch.randn(1, 5, 3, generator=torch.Generator().manual_seed(0)).to(dtype)
+    out, size, pooled = ppt.prune_or_pool(x, scores, metric, 5, 0.0166)
+    assert not pooled.any() and out[0, :, 0].tolist() == [0.0, 4.0, 8.0]
+    assert size[0, :, 0].tolist() == [1.0, 1.0, 1.0] and out.dtype == dtype
+    out, size, pooled = ppt.prune_or_pool(x, scores, metric, 5, 0.0167)
+    ref, ref_size = tome.bipartite_soft_matching(x, metric, 2)
+    assert pooled.all() and out.shape == (1, 3, 2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert sorted(size[0, :, 0].tolist()) == sorted(ref_size[0, :, 0].tolist())
+    assert size.sum().item() == 5.0
+
+
 def test_config_ranges_are_checked() -> None:
     for bad in ({"r": -1}, {"threshold": -1.0}, {"blocks": (2, 2)}, {"blocks": (-1,)}):
         with pytest.raises(AssertionError):

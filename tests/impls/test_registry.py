@@ -1,4 +1,5 @@
-"""The registry, the modules, their tests and the paper records agree; one matrix over all."""
+"""The registry, the family protocols, the modules, their tests and the paper records agree (the
+matrix over every method is tests/impls/test_conformance.py)."""
 
 from __future__ import annotations
 
@@ -8,45 +9,22 @@ import inspect
 import re
 
 import pytest
-import torch
 
 from reference_impls import registry
+from reference_impls.families import FAMILIES, SHARED_PACKAGES, family_of, missing
 from reference_impls.registry import ImplInfo, discover
 from tokenkb.store import load_record
 from tokenkb.taxonomy import Family
 
 from ..conftest import PAPERS, ROOT
-from .common import TINY, device_param, images, tiny_vit
 
 IMPLS = discover()
-VISION = [impl for impl in IMPLS if impl.module.startswith("reference_impls.vision.")]
-# Modules of each family package that are shared machinery, not algorithms.
-INFRASTRUCTURE = {
-    "vision": {"vit", "adapter", "tokens", "macs"},
-    "kv": {"base"},
-    "prompt": {"scorer"},
-    "vlm": {"llava", "select"},
-    "projector": {"grid"},
-    "video": {"packing"},
-    "diffusion": {"dit"},
-    "text": {"encoder"},
-}
-# What an algorithm module must expose, per family package.
-CONTRACT = {
-    "vision": ("Config", "patch", "config_for"),
-    "kv": ("Config", "make_press", "config_for"),
-    "prompt": ("Config", "compress", "config_for"),
-    "vlm": ("Config", "config_for", "patch"),
-    "projector": ("Config", "config_for", "output_tokens"),
-    "video": ("Config", "config_for"),
-    "diffusion": ("Config", "config_for", "patch"),
-    "text": ("Config", "config_for", "patch"),
-}
 
 
-@pytest.mark.parametrize("package", sorted(INFRASTRUCTURE))
+@pytest.mark.parametrize("package", sorted(FAMILIES))
 def test_every_algorithm_module_is_registered(package: str) -> None:
-    """Each module of a family package is infrastructure or defines IMPL."""
+    """Each module of a family package is infrastructure (as its protocol declares) or defines
+    IMPL; the registry finds every family package."""
     folder = ROOT / "reference_impls" / package
     modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
     registered = {
@@ -54,7 +32,35 @@ def test_every_algorithm_module_is_registered(package: str) -> None:
         for impl in IMPLS
         if impl.module.startswith(f"reference_impls.{package}.")
     }
-    assert modules - INFRASTRUCTURE[package] == registered
+    assert modules - FAMILIES[package].infrastructure == registered
+    assert f"reference_impls.{package}" in registry.FAMILY_PACKAGES
+
+
+def test_family_packages_are_the_folders() -> None:
+    """Every folder of reference_impls with algorithm modules has a protocol, and back."""
+    folders = {p.parent.name for p in (ROOT / "reference_impls").glob("*/__init__.py")}
+    assert folders - SHARED_PACKAGES == set(FAMILIES)
+
+
+def test_conformance_problems_name_the_file_and_what_is_missing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A module lacking a protocol name is reported as `path: lacks NAME; ...`."""
+    from reference_impls.vision import tome
+
+    monkeypatch.delattr(tome, "config_for")
+    assert registry.conformance_problems() == [
+        "reference_impls/vision/tome.py: lacks config_for; every vision method exposes Config, "
+        "config_for, patch"
+    ]
+
+
+def test_conformance_problems_hold_config_for_to_one_signature(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from reference_impls.kv import h2o
+
+    monkeypatch.setattr(h2o, "config_for", lambda keep, depth=4: h2o.Config())
+    assert registry.conformance_problems() == [
+        "reference_impls/kv/h2o.py: config_for(keep, depth=4) should take (keep, model_config, "
+        "...): the one signature of every method"
+    ]
 
 
 def test_names_unique_and_match_modules() -> None:
@@ -73,8 +79,7 @@ def test_entry_is_consistent(impl: ImplInfo) -> None:
     assert len(doc.splitlines()) >= 3, (
         "the module docstring states the paper and what is simplified"
     )
-    for name in CONTRACT[impl.module.split(".")[1]]:
-        assert hasattr(module, name), f"{impl.module} has no {name}"
+    assert missing(module, family_of(impl.module)) == []
     if impl.arxiv is not None:
         assert impl.arxiv in doc, f"docstring of {impl.module} does not cite arXiv {impl.arxiv}"
     for paper in impl.papers:
@@ -104,51 +109,6 @@ def test_no_module_prints() -> None:
             if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"
         ]
         assert not calls, f"{path} calls print"
-
-
-# --- the matrix -------------------------------------------------------------------------------
-
-
-def config_for(module: object, keep_rate: float) -> object:
-    return registry.config_for(module, keep_rate, TINY.depth, TINY.num_patches)
-
-
-@device_param
-@pytest.mark.parametrize("impl", VISION, ids=lambda i: i.name)
-def test_matrix(impl: ImplInfo, device: str) -> None:
-    """Every method: right output shape, fewer tokens, identity at rate 1, model restored."""
-    module = importlib.import_module(impl.module)
-    model = tiny_vit(device=device)
-    x = images(device=device)
-    with torch.no_grad():
-        reference = model(x)
-        with module.patch(model, config_for(module, 0.5)):
-            reduced = model(x)
-            counts = model.token_counts()
-        assert reduced.shape == reference.shape and torch.isfinite(reduced).all()
-        flat = [n for pair in counts for n in pair]
-        assert flat == sorted(flat, reverse=True), f"token counts grow: {counts}"
-        assert flat[-1] < TINY.num_tokens, f"{impl.name} reduced nothing at rate 0.5: {counts}"
-        with module.patch(model, config_for(module, 1.0)):
-            same = model(x)
-            assert model.token_counts() == [(TINY.num_tokens, TINY.num_tokens)] * TINY.depth
-        torch.testing.assert_close(same, reference)
-        after = model(x)
-    torch.testing.assert_close(after, reference, rtol=0, atol=0)  # adapter left no trace
-    assert all(b.pre_reducer is None and b.mid_reducer is None for b in model.blocks)
-    assert model.track_size is False
-
-
-@pytest.mark.parametrize("impl", VISION, ids=lambda i: i.name)
-def test_restored_after_an_exception(impl: ImplInfo) -> None:
-    module = importlib.import_module(impl.module)
-    model = tiny_vit()
-    with (
-        pytest.raises(RuntimeError, match="boom"),
-        module.patch(model, config_for(module, 0.5)),
-    ):
-        raise RuntimeError("boom")
-    assert all(b.pre_reducer is None and b.mid_reducer is None for b in model.blocks)
 
 
 def test_kb_impls_lists_the_registry(kb) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference_impls.vision import tofu
+from reference_impls.vision import tofu, tome
 
 from .common import TINY, device_param, images, tiny_vit
 
@@ -50,11 +50,12 @@ def test_pruning_keeps_survivors_untouched() -> None:
     """Pruning drops the matched sources; every other token, CLS first, is unchanged, and no
     size grows."""
     x, metric, size = _inputs()
-    src, _ = tofu.bipartite_match(metric, 6)
+    slots = tome.match(metric, 6).slots()  # type: ignore[union-attr]
     out, new_size = tofu.token_fusion(x, metric, 6, merge=False, size=size)
     assert out.shape == (3, 11, 6) and new_size.shape == (3, 11, 1)
     for b in range(3):
-        keep = [i for i in range(17) if i not in src[b].tolist()]
+        src = [i for i in range(0, 17, 2) if slots[b, i] >= 3]  # A tokens merged into a B slot
+        keep = [i for i in range(0, 17, 2) if i not in src] + list(range(1, 17, 2))  # ToMe layout
         torch.testing.assert_close(out[b], x[b, keep], rtol=0, atol=0)
         torch.testing.assert_close(new_size[b], size[b, keep], rtol=0, atol=0)
 
@@ -63,11 +64,10 @@ def test_mlerp_keeps_the_largest_norm_and_the_average_direction() -> None:
     """A merged token has its group's largest norm and the size-weighted mean's direction;
     untouched tokens (CLS included) are bit-identical; sizes add up."""
     x, metric, size = _inputs()
-    src, dst = tofu.bipartite_match(metric, 7)
     out, new_size = tofu.token_fusion(x, metric, 7, merge=True, size=size)
     torch.testing.assert_close(new_size.sum(1), size.sum(1), rtol=0, atol=0)
     torch.testing.assert_close(out[:, 0], x[:, 0], rtol=0, atol=0)
-    slots = tofu.survivor_slots(17, src, dst)
+    slots = tome.match(metric, 7).slots()  # type: ignore[union-attr]
     for b in range(3):
         for j in range(out.shape[1]):
             group = (slots[b] == j).nonzero().flatten()
@@ -80,11 +80,50 @@ def test_mlerp_keeps_the_largest_norm_and_the_average_direction() -> None:
             torch.testing.assert_close(out[b, j] / largest, mean / mean.norm())
 
 
+def _five_tokens(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """A = positions 0, 2, 4 and B = 1, 3; token 4 matches 1 best (cos 0.995), 2 matches 3."""
+    metric = torch.tensor([[[1.0, -1.0], [1.0, 0.0], [0.2, 1.0], [0.0, 1.0], [1.0, 0.1]]])
+    x = torch.tensor([[[9.0, 9.0], [3.0, 0.0], [0.0, 5.0], [1.0, 1.0], [0.0, 4.0]]], dtype=dtype)
+    return x, metric.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_five_tokens_by_hand_in_tomes_layout(dtype: torch.dtype) -> None:
+    """r=1: token 4 goes into token 1; out = [CLS, unmerged A (2), B (1+4, 3)], ToMe's layout.
+
+    Prune drops token 4; MLERP gives the mean (1.5, 2), norm 2.5, rescaled to max(3, 4) = 4."""
+    x, metric = _five_tokens(dtype)
+    out, size = tofu.token_fusion(x, metric, 1, merge=False)
+    assert out[0].tolist() == [[9.0, 9.0], [0.0, 5.0], [3.0, 0.0], [1.0, 1.0]]
+    assert size[0, :, 0].tolist() == [1.0, 1.0, 1.0, 1.0]
+    out, size = tofu.token_fusion(x, metric, 1, merge=True)
+    expected = torch.tensor([[9.0, 9.0], [0.0, 5.0], [2.4, 3.2], [1.0, 1.0]], dtype=dtype)
+    torch.testing.assert_close(out[0], expected)
+    assert size[0, :, 0].tolist() == [1.0, 1.0, 2.0, 1.0]
+
+
+def test_mean_mode_ignores_sizes_and_r_past_the_cap() -> None:
+    """Sizes 1 and 3: "weighted" leans to the heavier token, "mean" does not; sizes add either
+    way. r = 5 on 5 tokens is capped at (5 - 1) // 2 = 2 merges."""
+    x, metric = _five_tokens()
+    size = torch.tensor([[[1.0], [1.0], [1.0], [1.0], [3.0]]])
+    mean, mean_size = tofu.token_fusion(x, metric, 1, merge=True, size=size, mode="mean")
+    torch.testing.assert_close(mean[0, 2], torch.tensor([2.4, 3.2]))
+    weighted, weighted_size = tofu.token_fusion(x, metric, 1, merge=True, size=size)
+    average = torch.tensor([3.0 + 0.0, 0.0 + 12.0]) / 4  # (0.75, 3), rescaled to norm 4
+    torch.testing.assert_close(weighted[0, 2], average / average.norm() * 4)
+    assert mean_size[0, :, 0].tolist() == weighted_size[0, :, 0].tolist() == [1.0, 1.0, 4.0, 1.0]
+    capped, capped_size = tofu.token_fusion(x, metric, 5, merge=True)
+    assert capped.shape == (1, 3, 2) and capped_size[0, :, 0].tolist() == [1.0, 2.0, 2.0]
+
+
 def test_config_ranges_and_depth_are_checked() -> None:
     with pytest.raises(AssertionError):
         tofu.Config(r=-1)
     with pytest.raises(AssertionError):
         tofu.Config(merge_from=-1)
+    with pytest.raises(AssertionError):
+        tofu.Config(mode="sum")
     with pytest.raises(ValueError, match="depth 4"), tofu.patch(tiny_vit(), tofu.Config(r=(1, 2))):
         pass
     assert tofu.config_for(0.5, 4, num_patches=64) == tofu.Config(r=8)
@@ -93,8 +132,9 @@ def test_config_ranges_and_depth_are_checked() -> None:
 # --- equivalence with a naive loop ------------------------------------------------------------
 
 
-def naive_tofu(x, metric, r, merge, size):
-    """ToFu by plain loops: ToMe's matching, then per group either drop the sources or MLERP."""
+def naive_tofu(x, metric, r, merge, size, mode="weighted"):
+    """ToFu by plain loops: ToMe's matching, then per group either drop the sources or MLERP;
+    out = unmerged A tokens then every B token, each in position order (ToMe's layout)."""
     B, N, _ = x.shape
     r = min(r, (N - 1) // 2)
     outs, sizes = [], []
@@ -111,7 +151,7 @@ def naive_tofu(x, metric, r, merge, size):
         edges.sort(key=lambda e: -e[0])
         into = {i: j for _, i, j in edges[:r]}
         rows, row_sizes = [], []
-        for i in range(N):
+        for i in [*range(0, N, 2), *range(1, N, 2)]:
             if i in into:
                 continue
             group = [i] + ([k for k, j in into.items() if j == i] if merge else [])
@@ -120,7 +160,10 @@ def naive_tofu(x, metric, r, merge, size):
                 row_sizes.append([float(size[b, i, 0])])
                 continue
             total = sum(float(size[b, k, 0]) for k in group)
-            mean = sum(x[b, k] * size[b, k, 0] for k in group) / total
+            if mode == "weighted":
+                mean = sum(x[b, k] * size[b, k, 0] for k in group) / total
+            else:
+                mean = sum(x[b, k] for k in group) / len(group)
             largest = max(float(x[b, k].norm()) for k in group)
             rows.append(mean / mean.norm() * largest)
             row_sizes.append([total])
@@ -129,13 +172,15 @@ def naive_tofu(x, metric, r, merge, size):
     return torch.stack(outs), torch.stack(sizes)
 
 
-@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize(
+    ("merge", "mode"), [(False, "weighted"), (True, "weighted"), (True, "mean")]
+)
 @pytest.mark.parametrize(("N", "r"), [(17, 5), (16, 7), (12, 20)])
-def test_matches_a_naive_loop(N: int, r: int, merge: bool) -> None:
-    """Prune and MLERP steps equal the loop version (odd and even N, capped r)."""
+def test_matches_a_naive_loop(N: int, r: int, merge: bool, mode: str) -> None:
+    """Prune and MLERP steps equal the loop version (odd and even N, capped r, both modes)."""
     for seed in range(3):
         x, metric, size = _inputs(N=N, seed=seed)
-        out, new_size = tofu.token_fusion(x, metric, r, merge, size)
-        ref, ref_size = naive_tofu(x, metric, r, merge, size)
+        out, new_size = tofu.token_fusion(x, metric, r, merge, size, mode)
+        ref, ref_size = naive_tofu(x, metric, r, merge, size, mode)
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(new_size, ref_size)

@@ -72,6 +72,44 @@ def test_softmax_tokens_are_convex_combinations() -> None:
     assert (weights >= 0).all()
 
 
+def test_default_is_the_official_version_11() -> None:
+    """Softmax maps from LayerNorm(eps 1e-6), Dense, tanh-GELU, Dense, as in scenic's v1.1."""
+    learner = TokenLearner(TINY.width, 4, Config())
+    assert Config().attention == "softmax" and Config().hidden == 64
+    norm, _, act, _ = learner.maps
+    assert isinstance(norm, torch.nn.LayerNorm) and norm.eps == 1e-6
+    assert isinstance(act, torch.nn.GELU) and act.approximate == "tanh"
+
+
+@pytest.mark.parametrize(("use_sum_pooling", "scale"), [(True, 0.5), (False, 0.5 / 16)])
+def test_version_1_pools_by_sum_or_mean(use_sum_pooling: bool, scale: float) -> None:
+    """Zero logits gate every patch by sigmoid(0) = 1/2: learned token = sum (or mean) / 2."""
+    config = replace(HALF, attention="sigmoid", use_sum_pooling=use_sum_pooling)
+    learner = TokenLearner(TINY.width, 3, config)
+    for conv in learner.maps.convs:
+        torch.nn.init.zeros_(conv.weight)
+    x = torch.randn(2, 17, TINY.width)  # a 4x4 grid
+    with torch.no_grad():
+        out, _ = learner(TokenState(x, None, index=0))
+    expected = (scale * x[:, 1:].sum(dim=1, keepdim=True)).expand(-1, 3, -1)
+    torch.testing.assert_close(out[:, 1:], expected)
+
+
+def test_version_1_maps_see_a_9x9_neighbourhood() -> None:
+    """Four 3x3 convolutions: a change at grid cell (0, 0) reaches logits up to 4 cells away."""
+    torch.manual_seed(0)
+    learner = TokenLearner(TINY.width, 3, replace(HALF, attention="sigmoid"))
+    x = torch.randn(1, 81, TINY.width)  # a 9x9 grid
+    y = x.clone()
+    y[0, 0] = torch.randn(TINY.width)  # not a constant shift, which LayerNorm removes
+    with torch.no_grad():
+        changed = (learner.maps(x) - learner.maps(y)).abs().amax(dim=-1).reshape(9, 9) > 0
+    rows, cols = torch.meshgrid(torch.arange(9), torch.arange(9), indexing="ij")
+    assert torch.equal(changed, torch.maximum(rows, cols) <= 4)
+    with pytest.raises(AssertionError, match="square patch grid"):
+        learner.maps(x[:, :12])
+
+
 def test_size_restarts_at_one() -> None:
     """With a size vector, the learned tokens and CLS get size 1."""
     learner = TokenLearner(TINY.width, 16, HALF)
@@ -122,12 +160,17 @@ def naive_token_learner(learner: TokenLearner, x: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(B, 1 + S, C)
     for b in range(B):
         out[b, 0] = x[b, 0]
-        logits = [learner.maps(x[b, 1 + p]) for p in range(P)]  # S logits per position
+        if learner.config.attention == "softmax":  # a per-token MLP
+            logits = [learner.maps(x[b, 1 + p]) for p in range(P)]  # S logits per position
+        else:  # convolutions over the grid: all positions at once
+            logits = list(learner.maps(x[b : b + 1, 1:])[0])
         for s in range(S):
             if learner.config.attention == "softmax":
                 exps = [torch.exp(logits[p][s]) for p in range(P)]
                 total = sum(exps)
                 weights = [e / total for e in exps]
+            elif learner.config.use_sum_pooling:
+                weights = [torch.sigmoid(logits[p][s]) for p in range(P)]
             else:
                 weights = [torch.sigmoid(logits[p][s]) / P for p in range(P)]
             for p in range(P):
@@ -135,11 +178,14 @@ def naive_token_learner(learner: TokenLearner, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("form", tokenlearner.ATTENTION_FORMS)
-def test_matches_naive_loop(form: str) -> None:
-    """Vectorised pooling equals the naive loop for both attention forms."""
+@pytest.mark.parametrize(
+    ("form", "use_sum_pooling"), [("softmax", True), ("sigmoid", True), ("sigmoid", False)]
+)
+def test_matches_naive_loop(form: str, use_sum_pooling: bool) -> None:
+    """Vectorised pooling equals the naive loop for both attention forms and both poolings."""
     torch.manual_seed(0)
-    learner = TokenLearner(TINY.width, 5, replace(HALF, attention=form))
+    config = replace(HALF, attention=form, use_sum_pooling=use_sum_pooling)
+    learner = TokenLearner(TINY.width, 5, config)
     x = torch.randn(2, 17, TINY.width)
     with torch.no_grad():
         out, _ = learner(TokenState(x, None, index=2))

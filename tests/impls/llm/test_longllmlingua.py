@@ -61,12 +61,14 @@ def naive_longllmlingua(scorer: LlamaScorer, config: lll.Config) -> list[int]:
     ranked = sorted(range(len(docs)), key=lambda k: (r[k], k))
     L = len(ins) + sum(len(d) for d in docs) + len(q)
     budget = math.ceil(config.keep * L - 1e-9) - len(ins) - len(q)
-    kept_docs, used = [], 0
+    op, value = config.context_budget[0], float(config.context_budget[1:])
+    target = budget + value if op == "+" else budget - value if op == "-" else budget * value
+    kept_docs = []
     for k in ranked:
-        if used >= config.coarse * budget:
-            break
+        target -= len(docs[k])
         kept_docs.append(k)
-        used += len(docs[k])
+        if target < 0:
+            break
     counts = lll.dynamic_counts([len(docs[k]) for k in kept_docs], budget, config.dynamic)
     count = dict(zip(kept_docs, counts, strict=True))
     order = kept_docs if config.reorder else sorted(kept_docs)
@@ -152,9 +154,22 @@ def test_documents_appear_in_rank_order(scorer: LlamaScorer) -> None:
 
 
 def test_keep_documents_includes_the_crossing_one() -> None:
-    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=6, coarse=2.0) == [2, 0]
-    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=5, coarse=2.0) == [2]
-    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=0, coarse=2.0) == []
+    """The official rule: subtract each document, stop once the allowance is below zero."""
+    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=6, context_budget="*2") == [2, 0]
+    # allowance 10 - 10 = 0 is not below zero: the next document is taken too
+    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=5, context_budget="*2") == [2, 0]
+    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=0, context_budget="*2") == [2]
+    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=6) == [2, 0, 1]  # "+100"
+    assert lll.keep_documents([2, 0, 1], [10, 10, 10], budget=25, context_budget="-6") == [2, 0]
+    assert lll.coarse_target(30, "*1.5") == 45.0
+    with pytest.raises(AssertionError):
+        lll.Config(context_budget="+x")
+
+
+def test_dynamic_offsets_run_from_plus_to_minus_dtau() -> None:
+    assert lll.dynamic_offsets(3, 0.3) == [0.3, 0.0, -0.3]
+    assert lll.dynamic_offsets(1, 0.3) == [0.0]
+    assert lll.dynamic_offsets(0, 0.3) == []
 
 
 def test_dynamic_counts_follow_the_linear_schedule() -> None:

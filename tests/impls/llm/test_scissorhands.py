@@ -12,6 +12,7 @@ from reference_impls.kv.scissorhands import (
     config_for,
     keep_scores,
     make_press,
+    official_masked_attention,
     unimportance,
 )
 from reference_impls.llm.llama import TINY_LLAMA, KVCache, generate
@@ -70,6 +71,54 @@ def test_unimportance_counts_below_average_marks_per_kv_head() -> None:
     marks = unimportance(causal.expand(1, H, 3, 3), H_KV)[0, 0]  # (T_q, T)
     # averages 1, 1/2, 1/3; masked (future) entries are never marked
     assert marks.tolist() == [[0, 0, 0], [0, GROUPS, 0], [0, GROUPS, GROUPS]]
+
+
+def plain_causal(scores: torch.Tensor) -> torch.Tensor:
+    T = scores.shape[-1]
+    return scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -torch.inf).softmax(-1)
+
+
+def test_official_mask_keeps_keys_important_in_the_window_and_the_position_window() -> None:
+    """T 4, quantile 0.5: a key is important for a query when above the row's 3rd-smallest
+    value. Query 1 favours key 0, query 2 favours key 1; query 3 (from start 3) sees only
+    those, the last `position_window` keys, and itself."""
+    scores = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    scores[0, 0, 1, 0] = 1.0
+    scores[0, 0, 2, 1] = 1.0
+
+    def row3(lru: int, pos: int) -> list[float]:
+        attn = official_masked_attention(scores, lru, pos, start=3, quantile=0.5)
+        assert torch.equal(attn[..., :3, :], plain_causal(scores)[..., :3, :])
+        return [round(v, 12) for v in attn[0, 0, 3].tolist()]
+
+    third, half = round(1 / 3, 12), 0.5
+    assert row3(2, 0) == [third, third, 0.0, third]
+    assert row3(1, 0) == [0.0, half, 0.0, half]
+    assert row3(1, 2) == [0.0, third, third, third]
+    assert row3(0, 0) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_official_mask_reads_marks_from_already_masked_rows() -> None:
+    """Query 4 (window 1) reads query 3's masked row [0, .5, 0, .5]: keys 1 and 3 exceed the
+    threshold .25 of query 3's unmasked row, so query 4 sees them (unmasked: none would)."""
+    scores = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    scores[0, 0, 2, 1] = 1.0
+    attn = official_masked_attention(scores, 1, 0, start=3, quantile=0.5)
+    third = round(1 / 3, 12)
+    assert [round(v, 12) for v in attn[0, 0, 3].tolist()] == [0.0, 0.5, 0.0, 0.5, 0.0]
+    assert [round(v, 12) for v in attn[0, 0, 4].tolist()] == [0.0, third, 0.0, third, third]
+
+
+def test_official_mask_is_plain_attention_when_nothing_can_be_masked() -> None:
+    """Start at or past T, or windows covering every key: plain causal attention, per sample."""
+    scores = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    plain = plain_causal(scores)
+    assert torch.equal(official_masked_attention(scores, 4, 2, start=9), plain)
+    assert torch.allclose(official_masked_attention(scores, 9, 9, start=0), plain, atol=1e-7)
+    masked = official_masked_attention(scores, 1, 1, start=2)
+    assert masked.shape == (2, 3, 9, 9)
+    assert torch.allclose(masked.sum(-1), torch.ones(2, 3, 9))
+    assert (masked[..., 2:, :] == 0).sum() > (plain[..., 2:, :] == 0).sum()
 
 
 def test_keep_scores_prefer_fewer_marks_then_newer_tokens() -> None:

@@ -4,6 +4,7 @@ whole words, equality with a naive loop, and a planted fact surviving on the rea
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -200,3 +201,64 @@ def test_smollm2_keeps_a_planted_passkey(smollm2) -> None:  # noqa: F811
         assert out.compressed_tokens <= math.ceil(0.5 * out.original_tokens)
         assert "71432" in out.text, out.text
         assert out.text.endswith("What is the pass key?")
+
+
+# --- the official form (reduce_ratio) ---------------------------------------------------------
+
+
+class TableScorer:
+    """One token per character; each character's self-information read from a table."""
+
+    def __init__(self, info: dict[str, float]) -> None:
+        self.info, self.chars = info, CharTokenizer()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.chars.encode(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.chars.decode(ids)
+
+    def token_logprobs(self, ids: torch.Tensor) -> torch.Tensor:
+        text = self.chars.decode(ids[0].tolist())
+        return torch.tensor([[-self.info[ch] for ch in text]], dtype=torch.float64)
+
+
+def test_official_sentence_split() -> None:
+    """Whitespace collapsed; cut after "." or "?" but not after "Dr.", "Mr." or "e.g."."""
+    text = "  Dr. Who met Mr. Smith.\n\nThe e.g. case? End."
+    assert sc.sentences(text) == ["Dr. Who met Mr. Smith.", "The e.g. case?", "End."]
+    assert sc.sentences("  \n ") == []
+
+
+def test_percentile_threshold_is_numpy_linear_and_keeps_nan() -> None:
+    """[1..5] at 0.35: index 1.4, threshold 2.4; NaN is ignored and kept."""
+    keep = sc.above_percentile(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), 0.35)
+    assert keep.tolist() == [False, False, True, True, True]
+    keep = sc.above_percentile(torch.tensor([float("nan"), 1.0, 3.0]), 0.5)
+    assert keep.tolist() == [True, False, True]
+    assert sc.above_percentile(torch.tensor([2.0, 1.0]), 0.0).tolist() == [True, True]
+
+
+def test_official_form_token_and_sentence_levels() -> None:
+    """Sentences "ab." and "cd." with self-information a 1, b 5, . 0, c 4, d 5.
+    Tokens [1, 5, 0, 4, 5, 0]: the median 2.5 keeps b, c, d, joined without spaces.
+    Sentences (means 2 and 3): the median 2.5 drops the first, leaving " cd."."""
+    scorer = TableScorer({"a": 1.0, "b": 5.0, ".": 0.0, "c": 4.0, "d": 5.0, "?": 0.0})
+    tokens = sc.compress("ab. cd.", "?", scorer, sc.Config(reduce_ratio=0.5))
+    assert tokens.text == "bcd?" and tokens.positions == (1, 3, 4, 6)
+    sents = sc.compress(
+        "ab.  cd.",
+        "?",
+        scorer,
+        sc.Config(reduce_ratio=0.5, reduce_level="sent"),
+    )
+    assert sents.text == " cd.?" and sents.positions == (3, 4, 5, 6)
+    everything = sc.compress("ab. cd.", "", scorer, sc.Config(reduce_ratio=0.0))
+    assert everything.text == "ab.cd." and everything.ratio == 1.0
+
+
+def test_official_form_checks_its_options() -> None:
+    with pytest.raises(AssertionError):
+        sc.Config(reduce_ratio=1.5)
+    with pytest.raises(AssertionError):
+        sc.Config(reduce_ratio=0.35, reduce_level="phrase")

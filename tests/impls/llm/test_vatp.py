@@ -221,3 +221,67 @@ def test_matches_naive_loop(T: int, keep: float, heavy: float, sinks: int, seed:
     for (b, g), score in scores.items():
         expected = [score[p] for p in held[-1][b][g]]
         torch.testing.assert_close(accumulated[b, g].tolist(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_official_form_budgets_and_checks() -> None:
+    """int(ratio * T) heavy and recent entries; recent_ratio defaults to heavy_ratio."""
+    assert Config(heavy_ratio=0.25).official_budgets(30) == (7, 7)
+    assert Config(heavy_ratio=0.2, recent_ratio=0.1).official_budgets(57) == (11, 5)
+    with pytest.raises(AssertionError):
+        Config(recent_ratio=0.1)
+    with pytest.raises(AssertionError):
+        Config(heavy_ratio=1.5)
+    with pytest.raises(AssertionError):
+        Config(heavy_ratio=0.1, sink_len=-1)
+
+
+def test_official_form_pins_sinks_and_keeps_heavy_plus_recent() -> None:
+    """T 10, heavy 2 and recent 2 (ratio 0.2), one sink: token 0 stays although its value is zero
+    (its score is pinned to the maximum), token 5 (the most attended, unit value) is the other
+    heavy hitter, tokens 8 and 9 the recent window."""
+    T = 10
+    attn = torch.zeros(1, H, T, T, dtype=torch.float64)
+    for i in range(T):
+        attn[0, :, i, : i + 1] = 1.0 / (i + 1)
+    attn[0, :, 6:, 5] += 2.0
+    attn = attn / attn.sum(dim=-1, keepdim=True)
+    table = torch.ones(1, H_KV, T, D, dtype=torch.float64)
+    table[:, :, 0] = 0.0
+    positions = torch.arange(T).expand(1, H_KV, T)
+    press = make_press(Config(heavy_ratio=0.2, sink_len=1))
+    keys, _ = press.prefill(context(positions, table, attn))
+    assert keys[..., 0].tolist() == [[[0.0, 5.0, 8.0, 9.0]] * H_KV]
+    unpinned = make_press(Config(heavy_ratio=0.2, sink_len=0))
+    keys, _ = unpinned.prefill(context(positions, table, attn))
+    assert 0.0 not in keys[0, 0, :, 0].tolist()
+
+
+def test_official_form_without_recent_window_never_evicts() -> None:
+    """recent_ratio 0: the official mask keeps every entry visible, at prefill and later."""
+    generator = torch.Generator().manual_seed(4)
+    T, steps = 20, 3
+    table = value_table(1, T + steps, generator)
+    rows = [row_attention(1, T + 1 + step, generator) for step in range(steps)]
+    press = make_press(Config(heavy_ratio=0.3, recent_ratio=0.0))
+    held = drive(press, causal_attention(1, T, generator), rows, table)
+    assert [p.shape[2] for p in held] == [20, 21, 22, 23]
+
+
+@pytest.mark.parametrize(
+    ("T", "heavy_ratio", "recent_ratio", "sink_len"), [(40, 0.25, 0.15, 3), (23, 0.3, None, 0)]
+)
+def test_official_form_matches_naive_loop(
+    T: int, heavy_ratio: float, recent_ratio: float | None, sink_len: int
+) -> None:
+    """The official form is the naive H2O w/ VATP loop with n = heavy + recent and the sinks
+    among the heavy hitters (sink_len <= heavy), batch 2, 10 decode steps."""
+    generator = torch.Generator().manual_seed(T)
+    config = Config(heavy_ratio=heavy_ratio, recent_ratio=recent_ratio, sink_len=sink_len)
+    heavy, recent = config.official_budgets(T)
+    steps = 10
+    table = value_table(2, T + steps, generator)
+    prefill_attn = causal_attention(2, T, generator)
+    rows = [row_attention(2, heavy + recent + 1, generator) for _ in range(steps)]
+    ours = drive(make_press(config), prefill_attn, rows, table)
+    held, _ = naive_vatp(prefill_attn, rows, table, heavy + recent, recent, sink_len)
+    assert [positions.tolist() for positions in ours] == held

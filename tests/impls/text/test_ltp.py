@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -38,7 +40,7 @@ def test_counts_in_the_model_follow_the_importance(device: str) -> None:
     def spy(state: TextTokenState) -> tuple[torch.Tensor, torch.Tensor]:
         threshold = config.thresholds[state.index]
         if threshold > 0:
-            score = _naive_importance(state.attn.double().cpu(), state.mask.cpu())
+            score = _naive_importance(state.attn.double().cpu(), state.mask.cpu(), state.input_len)
             real = score[state.mask.cpu()]
             assert (real - threshold).abs().min() > 1e-5, "a score too close to call"
             expected.append([1 + int((s[1:] >= threshold).sum()) for s in score])
@@ -70,10 +72,11 @@ def test_identity_with_thresholds_zero() -> None:
 
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_each_sample_pruned_as_if_alone(pre_norm: bool) -> None:
-    """Per-sample pruning in a padded batch gives every sample its logits when run alone."""
+    """With `average_over="kept"`, per-sample pruning in a padded batch gives every sample its
+    logits when run alone (the official average over the padded length does not: see below)."""
     model = tiny_encoder(pre_norm=pre_norm)
     ids, mask = inputs()
-    config = ltp.config_for(0.4, 4, seq_len=20)
+    config = replace(ltp.config_for(0.4, 4, seq_len=20), average_over="kept")
     with torch.no_grad(), ltp.patch(model, config):
         batched = model(ids, mask)
         lengths = model.token_lengths()
@@ -84,12 +87,45 @@ def test_each_sample_pruned_as_if_alone(pre_norm: bool) -> None:
 
 
 def test_importance_is_an_average_that_sums_to_one() -> None:
+    """Over the sample's own tokens a score row sums to 1; over the padded length (official) it
+    sums to n / N: 4 / 6 for the padded sample."""
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
     attn = random_attention(2, 3, mask, seed=1)
     score = ltp.importance(attn, mask)
     torch.testing.assert_close(score.sum(1), torch.ones(2, dtype=torch.float64))
     assert score[1, 4:].abs().max() == 0
     torch.testing.assert_close(score, _naive_importance(attn, mask))
+    official = ltp.importance(attn, mask, rows=6)
+    torch.testing.assert_close(official.sum(1), torch.tensor([1.0, 4 / 6], dtype=torch.float64))
+    torch.testing.assert_close(official, _naive_importance(attn, mask, 6))
+
+
+def test_official_average_over_the_padded_length_by_hand() -> None:
+    """One head, 2 real tokens padded to 4: token 1 receives 0.5 + 0.75 = 1.25 from the real
+    rows; officially 1.25 / (1 * 4) = 0.3125, over the sample's own tokens 1.25 / 2 = 0.625.
+    A threshold of 0.4 keeps it in the second way only; [CLS] stays either way."""
+    attn = torch.tensor([[[[0.5, 0.5, 0, 0], [0.25, 0.75, 0, 0], [0.5, 0.5, 0, 0], [1, 0, 0, 0]]]])
+    mask = torch.tensor([[True, True, False, False]])
+    x = torch.arange(4.0).view(1, 4, 1)
+    state = TextTokenState(x, mask, 0, 4, attn)
+    official = ltp.LTPReducer(ltp.Config(thresholds=(0.4,)), (0.4,))
+    kept = ltp.LTPReducer(ltp.Config(thresholds=(0.4,), average_over="kept"), (0.4,))
+    assert official(state)[1].tolist() == [[True]]
+    assert kept(state)[1].tolist() == [[True, True]]
+    torch.testing.assert_close(ltp.importance(attn, mask, rows=4)[0, 1], torch.tensor(0.3125))
+
+
+def test_a_tiny_threshold_is_raised_to_the_official_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Officially a non-zero threshold is at least 1e-5: a score of 5e-6 is pruned at 1e-6."""
+    score = torch.tensor([[1.0, 5e-6, 2e-5]])
+    monkeypatch.setattr(ltp, "importance", lambda *args: score)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    state = TextTokenState(torch.arange(3.0).view(1, 3, 1), mask, 0, 3, torch.zeros(1, 1, 3, 3))
+    out, _ = ltp.LTPReducer(ltp.Config(thresholds=(1e-6,)), (1e-6,))(state)
+    floorless = ltp.LTPReducer(ltp.Config(thresholds=(1e-6,), min_threshold=0.0), (1e-6,))
+    out_floorless, _ = floorless(state)
+    assert out.flatten().tolist() == [0.0, 2.0]
+    assert out_floorless.flatten().tolist() == [0.0, 1.0, 2.0]
 
 
 # --- the soft mask ----------------------------------------------------------------------------
@@ -139,6 +175,8 @@ def test_config_ranges_are_checked() -> None:
         ltp.Config(thresholds=(-0.1,))
     with pytest.raises(AssertionError):
         ltp.Config(temperature=0.0)
+    with pytest.raises(AssertionError):
+        ltp.Config(average_over="all")
     with (
         pytest.raises(ValueError, match="5 thresholds"),
         ltp.patch(tiny_encoder(), ltp.Config(thresholds=(0.0,) * 5)),
@@ -151,12 +189,15 @@ def test_config_ranges_are_checked() -> None:
 # --- equivalence with a naive loop ------------------------------------------------------------
 
 
-def _naive_importance(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """s_i = 1 / (H n) * sum_h sum_{real j} A_h[j, i], with loops."""
+def _naive_importance(
+    attn: torch.Tensor, mask: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
+    """s_i = 1 / (H n) * sum_h sum_{real j} A_h[j, i], with loops; n = `rows` (the official
+    padded length) or the sample's real token count."""
     B, H, N, _ = attn.shape
     out = torch.zeros(B, N, dtype=attn.dtype)
     for b in range(B):
-        n = int(mask[b].sum())
+        n = int(mask[b].sum()) if rows is None else rows
         for i in range(N):
             total = 0.0
             for h in range(H):
@@ -167,16 +208,20 @@ def _naive_importance(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("threshold", [0.05, 0.09, 0.2])
-def test_matches_naive_loop(threshold: float) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "average_over"),
+    [(0.05, "kept"), (0.09, "kept"), (0.2, "kept"), (0.04, "input"), (0.07, "input")],
+)
+def test_matches_naive_loop(threshold: float, average_over: str) -> None:
     """Per sample: keep [CLS] and the real tokens with s_i >= threshold, in order, then pad."""
     generator = torch.Generator().manual_seed(int(threshold * 100))
     mask = torch.tensor([[1] * 12, [1] * 7 + [0] * 5, [1] * 10 + [0] * 2], dtype=torch.bool)
     x = torch.randn(3, 12, 5, generator=generator, dtype=torch.float64)
     attn = random_attention(3, 2, mask, seed=int(threshold * 100))
-    reducer = ltp.LTPReducer(ltp.Config(thresholds=(threshold,)), (threshold,))
+    config = ltp.Config(thresholds=(threshold,), average_over=average_over)
+    reducer = ltp.LTPReducer(config, (threshold,))
     out, out_mask = reducer(TextTokenState(x, mask, 0, 12, attn))
-    score = _naive_importance(attn, mask)
+    score = _naive_importance(attn, mask, 12 if average_over == "input" else None)
     kept = [
         [i for i in range(12) if i == 0 or (mask[b, i] and score[b, i] >= threshold)]
         for b in range(3)

@@ -47,6 +47,31 @@ def test_region_counts() -> None:
         assert got == naive_regions(marked.tolist(), side, gh, gw)
 
 
+def test_strip_counts_take_consecutive_chunks_unlike_regions() -> None:
+    """16 patches (4 x 4), 2 x 2 crops: strips are patches 0-3, 4-7, 8-11, 12-15; regions are
+    the 2 x 2 quarters of the grid."""
+    marked = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1], dtype=torch.bool)
+    assert hired.strip_counts(marked, (2, 2)).tolist() == [2, 0, 3, 1]
+    assert hired.region_counts(marked, (2, 2)).tolist() == [2, 0, 1, 3]
+    assert hired.strip_counts(marked, (1, 3)).tolist() == [2, 2, 2]  # chunks 0-5, 6-10, 11-15
+
+
+def test_view_budgets_by_partition() -> None:
+    """n 16, 5 views, budget 0.5, alpha 0.5: 40 tokens, the whole image 16, the crops 24 shared
+    by the 8 patches marked in the whole image (0-3, 8, 10, 11, 15): strips 4, 0, 3, 1 of 8;
+    regions 2, 2, 1, 3 of 8; each share of 24 truncated."""
+    content = torch.zeros(16)
+    content[[0, 1, 2, 3, 8, 10, 11, 15]] = 1.0 + 0.1 * torch.arange(8.0)
+    strips = hired.Config(budget=0.5, alpha=0.5)
+    regions = hired.Config(budget=0.5, alpha=0.5, partition="regions")
+    assert hired.view_budgets(content, 16, 5, (2, 2), strips) == [16, 12, 0, 9, 3]
+    assert hired.view_budgets(content, 16, 5, (2, 2), regions) == [16, 6, 6, 3, 9]
+    # a single view: int(n * budget) by the feature block's attention alone
+    assert hired.view_budgets(content, 16, 1, (1, 1), strips) == [8]
+    with pytest.raises(AssertionError):
+        hired.Config(partition="rows")
+
+
 @torch.no_grad()
 def test_multi_view_budgets_and_selection() -> None:
     model = tiny_llava()
@@ -58,7 +83,7 @@ def test_multi_view_budgets_and_selection() -> None:
     marked = [False] * N
     for j in naive_top(content, int(N * 0.5)):
         marked[j] = True
-    shares = naive_regions(marked, 8, 2, 2)
+    shares = [sum(marked[i * N // 4 : (i + 1) * N // 4]) for i in range(4)]  # official strips
     budgets = [32] + [min(N, int(s / sum(shares) * 32)) for s in shares]
     got = hired.view_budgets(torch.tensor(content), N, 5, (2, 2), config)
     assert got == budgets

@@ -68,6 +68,18 @@ def test_official_schedule_counts_on_llava_geometry() -> None:
 
 
 @torch.no_grad()
+def test_official_64_token_schedule_without_recycling() -> None:
+    """score.py's 64-token schedule: 66, 30 and 17 of 576 after layers 2, 6 and 15."""
+    model = tiny_llava(config=LLAVA_SHAPED)
+    prefix, suffix = prompt(batch=1)
+    image = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    shares = tuple(count / 576 for count in sparsevlm.OFFICIAL_SCHEDULES[64])
+    with sparsevlm.patch(model, sparsevlm.Config(keep=shares, recycle=False)):
+        model.prefill(prefix, image, suffix)
+    assert model.counts.visual == [576] * 3 + [66] * 4 + [30] * 9 + [17] * 16
+
+
+@torch.no_grad()
 def test_counts_without_recycling_and_on_the_tiny_model() -> None:
     model = tiny_llava()
     config = sparsevlm.Config(layers=(1, 4), keep=(0.5, 0.25), recycle=False)
@@ -116,10 +128,24 @@ def test_dpc_knn_equals_the_naive_loop() -> None:
             assert assign[b].tolist() == want_assign
             for k in range(c):
                 members = [j for j in range(17) if want_assign[j] == k]
-                torch.testing.assert_close(merged[b, k], x[b, members].mean(dim=0))
+                # the official mean: the sum over (size + 1e-6)
+                expected = x[b, members].sum(dim=0) / (len(members) + 1e-6)
+                torch.testing.assert_close(merged[b, k], expected, rtol=1e-12, atol=0.0)
 
 
 @torch.no_grad()
+def test_cluster_means_scale_by_size_plus_epsilon() -> None:
+    """Clusters {0, 2} and {1}: (x0 + x2) / (2 + 1e-6) and x1 / (1 + 1e-6), as the official
+    `cluster_and_merge`; an empty cluster gives zeros."""
+    x = torch.tensor([[[1.0, 2.0], [4.0, 8.0], [3.0, 0.0]]], dtype=torch.float64)
+    assign = torch.tensor([[0, 1, 0]])
+    merged = sparsevlm.cluster_means(x, assign, 3)
+    expected = [
+        [[4.0 / (2 + 1e-6), 2.0 / (2 + 1e-6)], [4.0 / (1 + 1e-6), 8.0 / (1 + 1e-6)], [0.0, 0.0]]
+    ]
+    torch.testing.assert_close(merged.tolist(), expected, rtol=1e-12, atol=0.0)
+
+
 def test_one_step_keeps_text_and_recycles_at_centre_positions() -> None:
     model = tiny_llava()
     state = capture_llm(model, 2)
@@ -139,7 +165,8 @@ def test_one_step_keeps_text_and_recycles_at_centre_positions() -> None:
         centres, assign = naive_dpc(tokens, 2)
         for k in range(2):
             members = [i for i in range(10) if assign[i] == k]
-            torch.testing.assert_close(hidden[b, PREFIX + 32 + k], tokens[members].mean(dim=0))
+            expected = tokens[members].sum(dim=0) / (len(members) + 1e-6)
+            torch.testing.assert_close(hidden[b, PREFIX + 32 + k], expected)
             assert int(positions[b, PREFIX + 32 + k]) == PREFIX + recycled[centres[k]]
         torch.testing.assert_close(hidden[b, :PREFIX], state.hidden[b, :PREFIX], rtol=0, atol=0)
         torch.testing.assert_close(hidden[b, -SUFFIX:], state.hidden[b, -SUFFIX:], rtol=0, atol=0)
