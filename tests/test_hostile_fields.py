@@ -508,7 +508,16 @@ def test_today_is_read_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- renderers: nothing from a record becomes markup ------------------------------------------
 
-SITE_CONFIG = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+
+class _MkdocsLoader(yaml.SafeLoader):
+    """mkdocs.yml's `!ENV [NAME, default]` tags read as their default."""
+
+
+_MkdocsLoader.add_constructor(
+    "!ENV",
+    lambda loader, node: loader.construct_sequence(node)[-1],  # type: ignore[arg-type]
+)
+SITE_CONFIG = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_MkdocsLoader)
 
 
 def _site_markdown() -> markdown.Markdown:

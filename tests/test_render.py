@@ -145,3 +145,144 @@ def test_implementation_and_results_pages_come_from_the_registry_and_benchmarks(
         if r.get("impl"):
             name = impls[r["impl"]]["name"]
             assert f"../papers/{r['id']}.md" in files[Path(f"/x/impls/{name}.md")], r["id"]
+
+
+def test_nice_ticks_are_round() -> None:
+    from tokenkb.renderers.results import nice_ticks
+
+    assert nice_ticks(0, 0.978) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert nice_ticks(0.57, 0.98) == [0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(0, 123) == [0, 50, 100, 150]
+    assert nice_ticks(0.25, 1) == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(3, 3) == [3, 3.25, 3.5, 3.75, 4.0]
+
+
+def test_charts_have_round_ticks_and_an_html_legend(records: list[dict]) -> None:
+    from tokenkb.renderers.results import line_chart
+    from tokenkb.renderers.site import chart_legend
+
+    svg = line_chart({"a": [(0.25, 0.57), (1.0, 0.978)], "b": [(0.5, 0.9)]}, "keep", "acc")
+    ticks = re.findall(r'text-anchor="end">([^<]+)</text>', svg)
+    assert ticks == ["0.4", "0.6", "0.8", "1"]
+    assert svg.endswith(
+        '<ul class="tokenkb-legend"><li><span class="tokenkb-swatch" style="background:#1f77b4">'
+        '</span>a</li><li><span class="tokenkb-swatch" style="background:#ff7f0e"></span>b</li></ul>'
+    )
+    assert chart_legend(records) == [
+        ("pruning", "#1f77b4", 2), ("merging", "#ff7f0e", 1), ("kv-eviction", "#8c564b", 1)
+    ]  # fmt: skip
+
+
+def test_one_word_for_unclassified(records: list[dict]) -> None:
+    bare = {**records[0], "id": "bare-2020", "modality": [], "family": [], "venue": None}
+    files = site_files(Path("/x"), [*records, bare], {})
+    family = files[Path("/x/browse/family.md")]
+    assert "## unclassified { #unclassified }" in family
+    assert "## unclassified { #unclassified }" in files[Path("/x/browse/modality.md")]
+    assert "## unknown venue { #unknown-venue }" in files[Path("/x/browse/venue.md")]
+    page = files[Path("/x/papers/bare-2020.md")]
+    assert "| modality | [unclassified](../browse/modality.md#unclassified) |" in page
+    assert "| family | [unclassified](../browse/family.md#unclassified) |" in page
+    texts = "".join(files.values())
+    assert "not yet classified" not in texts.lower() and "#unknown)" not in texts
+
+
+def test_related_works_name_the_lineage(records: list[dict]) -> None:
+    from tokenkb.renderers.site import related_works
+
+    child = {**records[0], "id": "child-2024", "title": "Child", "aliases": [],
+             "summary": "It builds on ToMe and on FastV's pruning; not on ToMeX.", "family": ["merging"],
+             "modality": ["vision"]}  # fmt: skip
+    related = related_works([*records, child])
+    assert [r["id"] for r in related["child-2024"]["named"]] == ["fastv-2024", "tome-2023"]
+    assert related["child-2024"]["similar"] == []  # tome is named already
+    assert [r["id"] for r in related["tome-2023"]["similar"]] == ["child-2024"]
+
+
+def test_sources_are_named_with_a_line_link() -> None:
+    from tokenkb.renderers.site import read_sources, source_link
+
+    sources = read_sources(ROOT / "curation" / "sources.yaml")
+    stems = {p.stem for p in (ROOT / "papers").glob("*.yaml")}
+    used = {s["source"] for r in load_records(ROOT) for s in r["sources"]}
+    assert used <= set(sources) and len(stems) > 100
+    assert source_link({"source": "treeai-lab-kv-cache-management", "line": 26}, sources) == {
+        "name": "TreeAI-Lab/Awesome-KV-Cache-Management",
+        "line": 26,
+        "url": "https://github.com/TreeAI-Lab/Awesome-KV-Cache-Management/blob/cf598f0/README.md#L26",
+        "known": True,
+        "fields": [],
+    }
+    seed = source_link({"source": "000_bc6bb1248e4d14b4", "line": 26, "fields": ["code"]}, sources)
+    assert seed["name"] == "ZLKong/Awesome-Collection-Token-Reduction" and seed["line"] == 26
+    assert seed["url"] == "https://github.com/ZLKong/Awesome-Collection-Token-Reduction"
+    assert source_link({"source": "nowhere", "line": 3}, sources)["known"] is False
+
+
+def test_sources_render_by_name(records: list[dict]) -> None:
+    from tokenkb.renderers.site import read_sources
+
+    sources = read_sources(ROOT / "curation" / "sources.yaml")
+    page = site_files(Path("/x"), records, {}, sources=sources)[Path("/x/papers/tome-2023.md")]
+    section = page.split("## Where this record comes from\n\n")[1].split("\n\n[Edit")[0]
+    assert section.splitlines()[:2] == [
+        "- [ZLKong/Awesome-Collection-Token-Reduction, line 26]"
+        "(https://github.com/ZLKong/Awesome-Collection-Token-Reduction): title, venue, arxiv, code",
+        "- [daixiangzi/Awesome-Token-Compress, line 80]"
+        "(https://github.com/daixiangzi/Awesome-Token-Compress): aliases, venue, arxiv",
+    ]
+    assert "- a structured survey list \\(no public upstream\\), line 58: " in section
+    assert section.endswith(
+        "- a curator, from the paper itself: modality, training\\_free, results"
+    )
+    assert "000_bc6bb1248e4d14b4" not in page and "`manual`" not in page
+
+
+def test_feed_is_reproducible_and_dated_from_the_data(records: list[dict]) -> None:
+    from tokenkb.renderers.site import atom_feed, first_public
+
+    assert first_public({"year": 2022, "arxiv": "2210.09461"}) == "2022-10-01"
+    assert first_public({"year": 2023, "arxiv": "2210.09461"}) == "2023-01-01"  # disagrees
+    assert first_public({"year": 2024, "arxiv": None}) == "2024-01-01"
+    feed = atom_feed(records)
+    assert feed == atom_feed(list(reversed(records)))
+    assert "<updated>2024-01-01T00:00:00Z</updated>" in feed  # hostile: arXiv 2401.00001
+    assert "&lt;script&gt;" in feed and "<script>" not in feed
+
+
+def test_site_url_is_the_one_of_mkdocs_yml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both read TOKENKB_SITE_URL with the same default."""
+    import importlib
+
+    from mkdocs.config import load_config
+
+    import tokenkb.renderers.site as site
+
+    for value in (None, "https://example.org/kb/"):
+        if value is None:
+            monkeypatch.delenv("TOKENKB_SITE_URL", raising=False)
+        else:
+            monkeypatch.setenv("TOKENKB_SITE_URL", value)
+        config = load_config(str(ROOT / "mkdocs.yml"))
+        assert config["site_url"] == importlib.reload(site).SITE_URL
+    monkeypatch.delenv("TOKENKB_SITE_URL")
+    importlib.reload(site)
+
+
+def test_usage_snippets_are_not_indexed(records: list[dict]) -> None:
+    page = site_files(Path("/x"), records, {})[Path("/x/papers/tome-2023.md")]
+    section = page.split("## Reference implementation")[0]
+    assert section.rstrip().endswith('<div data-pagefind-ignore="all" markdown="1">')
+
+
+def test_vision_results_are_one_panel_per_method() -> None:
+    from tokenkb.renderers.results import small_multiples
+
+    series = {"a": [(0.25, 0.6), (1.0, 0.98)], "b": [(0.25, 0.9), (1.0, 0.98)], "c": [(0.5, 0.7)]}
+    panels = small_multiples(series, "keep rate", "top-1 accuracy")
+    assert [name for name, _ in panels] == ["a", "b", "c"]
+    for name, svg in panels:
+        coloured = re.findall(r'<polyline [^>]*stroke="(#[0-9a-f]{6})"', svg)
+        grey = svg.count('stroke="currentColor" stroke-opacity="0.2" stroke-width="1.5"')
+        assert len(coloured) == 1 and grey == 2, name
+        assert f'font-weight="bold">{name}</text>' in svg and "tokenkb-legend" not in svg

@@ -1,12 +1,16 @@
-// Sort any <table class="sortable"> by clicking a column header (numbers numerically).
+// Sort any <table class="sortable"> by a column: each header holds a button (reachable by
+// keyboard); the header's aria-sort says the order. Numbers sort numerically.
 // Written for tokenkb; no dependencies, nothing fetched.
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("table.sortable").forEach(function (table) {
     var headers = table.querySelectorAll("thead th");
     headers.forEach(function (th, column) {
-      th.style.cursor = "pointer";
-      th.setAttribute("role", "button");
-      th.addEventListener("click", function () {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "tokenkb-sort";
+      while (th.firstChild) { button.appendChild(th.firstChild); }
+      th.appendChild(button);
+      button.addEventListener("click", function () {
         var body = table.tBodies[0];
         var rows = Array.prototype.slice.call(body.rows);
         var ascending = th.getAttribute("aria-sort") !== "ascending";
@@ -22,5 +26,19 @@ document.addEventListener("DOMContentLoaded", function () {
         rows.forEach(function (row) { body.appendChild(row); });
       });
     });
+  });
+});
+
+// A table that scrolls sideways can be scrolled from the keyboard: the box that scrolls (the
+// wrapper, or material's table itself) takes focus, and only when it does overflow.
+document.addEventListener("DOMContentLoaded", function () {
+  var boxes = document.querySelectorAll(".tokenkb-table-scroll, .md-typeset__scrollwrap, .md-typeset__table > table");
+  boxes.forEach(function (box) {
+    if (box.scrollWidth <= box.clientWidth) { return; }
+    box.setAttribute("tabindex", "0");
+    if (box.tagName !== "TABLE") {
+      box.setAttribute("role", "region");
+      box.setAttribute("aria-label", "Table (scrolls sideways)");
+    }
   });
 });

@@ -166,10 +166,11 @@ def benchmark_results(root: Path) -> dict[str, Any]:
 def site_sources(root: Path, records: list[dict[str, Any]], target: Path) -> Path:
     """Write the site sources into the new directory `target`: a copy of docs/ plus the
     generated pages."""
-    from .renderers.site import site_files
+    from .renderers.site import read_sources, site_files
 
     shutil.copytree(root / "docs", target)
-    files = site_files(target, records, implementations(root), benchmark_results(root))
+    sources = read_sources(root / "curation" / "sources.yaml")
+    files = site_files(target, records, implementations(root), benchmark_results(root), sources)
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

@@ -3,8 +3,10 @@ benchmark JSON committed in `benchmarks/results/` (each page names the command t
 
 Pages: `impls/index.md` (every reference implementation, its family, level and the works it
 serves), `impls/<name>.md` (what it does, its docstring, usage, what is simplified, its tests,
-its measured figures), `results/vision.md` (accuracy against keep rate on the small ViT),
-`results/llm.md` (passkey accuracy and perplexity against KV budget on SmolLM2),
+its measured figures), `results/vision.md` (accuracy against keep rate on the small ViT, one
+small panel per method),
+`results/llm.md` (passkey accuracy and perplexity against KV budget on SmolLM2, a sortable
+table of every method and budget),
 `results/vlm.md` (FLOPs per method on the LLaVA-1.5-7B configuration).
 """
 
@@ -23,17 +25,47 @@ PALETTE = [
 ]  # fmt: skip
 
 
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round axis ticks covering [low, high]: steps of 1, 2, 2.5 or 5 times a power of ten,
+    about `count` of them, the first at or below `low` and the last at or above `high`."""
+    if high <= low:
+        high = low + 1
+    raw = (high - low) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw - 1e-12)
+    first = math.floor(low / step + 1e-9) * step
+    ticks = [first]
+    while ticks[-1] < high - 1e-9:
+        ticks.append(ticks[-1] + step)
+    # Print 0.30000000000000004 as 0.3.
+    return [round(t, 10) for t in ticks]
+
+
+def legend_html(names: list[str]) -> str:
+    """A legend in HTML under a chart: it wraps at any width and its text stays at body size."""
+    items = "".join(
+        f'<li><span class="tokenkb-swatch" style="background:{PALETTE[i % len(PALETTE)]}">'
+        f"</span>{escape(name)}</li>"
+        for i, name in enumerate(names)
+    )
+    return f'<ul class="tokenkb-legend">{items}</ul>'
+
+
 def line_chart(
     series: dict[str, list[tuple[float, float]]],
     x_label: str,
     y_label: str,
     *,
     y_log: bool = False,
-    width: int = 720,
-    height: int = 360,
+    width: int = 560,
+    height: int = 340,
+    highlight: str | None = None,
 ) -> str:
-    """An SVG line chart with a legend; `y_log` plots log10(y)."""
-    left, right, top, bottom = 56, 170, 14, 42
+    """An SVG line chart on round ticks (decades when `y_log`), with its legend in HTML below.
+    Drawn 560 units wide with 18-unit text, so a phone's 358 px keeps the labels above 11 px.
+    With `highlight`, one panel of a small multiple: that series in colour over the others in
+    grey, titled with its name, no legend."""
+    left, right, top, bottom = 70, 16, 12 if highlight is None else 36, 60
     points = [p for values in series.values() for p in values]
     if not points:
         return ""
@@ -43,10 +75,14 @@ def line_chart(
 
     xs = [p[0] for p in points]
     ys = [fy(p[1]) for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = (min(ys), max(ys)) if y_log else (min(0.0, min(ys)), max(ys))
-    x1 = x1 if x1 > x0 else x0 + 1
-    y1 = y1 if y1 > y0 else y0 + 1
+    if y_log:
+        ticks = [float(t) for t in range(math.floor(min(ys)), math.ceil(max(ys)) + 1)]
+        ticks = ticks if len(ticks) > 1 else [ticks[0], ticks[0] + 1]
+    else:
+        ticks = nice_ticks(min(ys), max(ys))
+    x_ticks = nice_ticks(min(xs), max(xs))
+    x0, x1 = x_ticks[0], x_ticks[-1]
+    y0, y1 = ticks[0], ticks[-1]
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
@@ -55,34 +91,42 @@ def line_chart(
     def sy(y: float) -> float:
         return top + plot_h - (fy(y) - y0) / (y1 - y0) * plot_h
 
+    text = 'font-size="18" fill="currentColor"'
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'class="tokenkb-chart" role="img"><title>{escape(y_label)} against {escape(x_label)}'
         "</title>",
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
-        'stroke="#ccc"/>',
     ]
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        label = f"{10**yv:.3g}" if y_log else f"{yv:.3g}"
-        y = top + plot_h - plot_h * i / 4
+    for tick in ticks:
+        label = f"{10**tick:g}" if y_log else f"{tick:g}"
+        y = top + plot_h - (tick - y0) / (y1 - y0) * plot_h
         out.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-            f'<text x="{left - 5}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{label}</text>'
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+            'stroke="currentColor" stroke-opacity="0.15"/>'
+            f'<text x="{left - 6}" y="{y + 6:.1f}" {text} text-anchor="end">{label}</text>'
         )
-    for xv in sorted(set(xs)):
+    for xv in x_ticks:
         out.append(
-            f'<text x="{sx(xv):.1f}" y="{top + plot_h + 16}" font-size="11" '
+            f'<text x="{sx(xv):.1f}" y="{top + plot_h + 24}" {text} '
             f'text-anchor="middle">{xv:g}</text>'
         )
     out.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="12" '
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" {text} '
         f'text-anchor="middle">{escape(x_label)}</text>'
-        f'<text x="14" y="{top + plot_h / 2:.1f}" font-size="12" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{escape(y_label)}</text>'
+        f'<text x="18" y="{top + plot_h / 2:.1f}" {text} text-anchor="middle" '
+        f'transform="rotate(-90 18 {top + plot_h / 2:.1f})">{escape(y_label)}</text>'
     )
-    for index, (name, values) in enumerate(series.items()):
-        colour = PALETTE[index % len(PALETTE)]
+    # The highlighted series is drawn last, on top of the others.
+    order = sorted(series.items(), key=lambda item: item[0] == highlight)
+    for name, values in order:
+        colour = PALETTE[list(series).index(name) % len(PALETTE)]
+        if highlight is not None and name != highlight:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(values))
+            out.append(
+                f'<polyline points="{path}" fill="none" stroke="currentColor" '
+                f'stroke-opacity="0.2" stroke-width="1.5"><title>{escape(name)}</title></polyline>'
+            )
+            continue
         ordered = sorted(values)
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ordered)
         out.append(
@@ -91,22 +135,33 @@ def line_chart(
         )
         for x, y in ordered:
             out.append(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}">'
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}">'
                 f"<title>{escape(name)}: {x:g} → {y:.4g}</title></circle>"
             )
-        ly = top + 10 + index * 16
-        out.append(
-            f'<rect x="{width - right + 12}" y="{ly - 9}" width="12" height="3" fill="{colour}"/>'
-            f'<text x="{width - right + 30}" y="{ly - 4}" font-size="11">{escape(name)}</text>'
-        )
+    if highlight is not None:
+        out.append(f'<text x="{left}" y="22" {text} font-weight="bold">'
+                   f"{escape(highlight)}</text></svg>")  # fmt: skip
+        return "\n".join(out)
     out.append("</svg>")
-    return "\n".join(out)
+    return "\n".join(out) + "\n" + legend_html(list(series))
 
 
-def bar_chart(items: list[tuple[str, float]], x_label: str, *, width: int = 720) -> str:
-    """Horizontal bars, one per item, values as labels."""
-    row, left = 22, 150
-    height = 30 + row * len(items)
+def small_multiples(
+    series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str
+) -> list[tuple[str, str]]:
+    """One small chart per series, each over the others in grey: (name, svg) in series order.
+    Nine methods on one chart overlap; one panel each answers "how does this one do?"."""
+    return [
+        (name, line_chart(series, x_label, y_label, width=340, height=280, highlight=name))
+        for name in series
+    ]
+
+
+def bar_chart(items: list[tuple[str, float]], x_label: str, *, width: int = 520) -> str:
+    """Horizontal bars, one per item, values as labels; 17-unit text on a 520-unit width stays
+    above 11 px on a phone."""
+    row, left = 28, 150
+    height = 40 + row * len(items)
     top = max((v for _, v in items), default=1.0) or 1.0
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
@@ -116,13 +171,17 @@ def bar_chart(items: list[tuple[str, float]], x_label: str, *, width: int = 720)
         y = 10 + index * row
         w = (width - left - 70) * value / top
         out.append(
-            f'<text x="{left - 6}" y="{y + 14}" font-size="12" text-anchor="end">'
-            f"{escape(label)}</text>"
-            f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 6}" '
+            f'<text x="{left - 6}" y="{y + 19}" font-size="17" text-anchor="end" '
+            f'fill="currentColor">{escape(label)}</text>'
+            f'<rect x="{left}" y="{y + 4}" width="{w:.1f}" height="{row - 8}" '
             f'fill="{PALETTE[index % len(PALETTE)]}"/>'
-            f'<text x="{left + w + 4:.1f}" y="{y + 14}" font-size="11">{value:.3g}</text>'
+            f'<text x="{left + w + 4:.1f}" y="{y + 19}" font-size="17" '
+            f'fill="currentColor">{value:.3g}</text>'
         )
-    out.append(f'<text x="{left}" y="{height - 4}" font-size="12">{escape(x_label)}</text></svg>')
+    out.append(
+        f'<text x="6" y="{height - 4}" font-size="17" fill="currentColor">{escape(x_label)}</text>'
+        "</svg>"
+    )
     return "\n".join(out)
 
 
@@ -136,7 +195,7 @@ def vision_figures(result: dict[str, Any]) -> dict[str, Any]:
         name: [(p["keep_rate"], p["accuracy"]) for p in data.get("curve", [])]
         for name, data in sorted(methods.items())
     }
-    return {"series": series, "chart": line_chart(series, "keep rate", "top-1 accuracy")}
+    return {"series": series, "panels": small_multiples(series, "keep rate", "top-1 accuracy")}
 
 
 def llm_figures(result: dict[str, Any]) -> dict[str, Any]:
