@@ -286,3 +286,68 @@ def test_vision_results_are_one_panel_per_method() -> None:
         grey = svg.count('stroke="currentColor" stroke-opacity="0.2" stroke-width="1.5"')
         assert len(coloured) == 1 and grey == 2, name
         assert f'font-weight="bold">{name}</text>' in svg and "tokenkb-legend" not in svg
+
+
+# --- dates from history: recently added, the feed, the changelog -------------------------------
+
+
+def _git(root: Path, *args: str, date: str | None = None) -> None:
+    import subprocess
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}  # fmt: skip
+    if date:
+        env |= {"GIT_AUTHOR_DATE": f"{date}T12:00:00Z", "GIT_COMMITTER_DATE": f"{date}T12:00:00Z"}
+    subprocess.run(["git", "-C", str(root), *args], env=env, check=True, capture_output=True)
+
+
+def test_record_history_reads_additions_changes_and_removals_from_git(tmp_path: Path) -> None:
+    from tokenkb.render import record_history
+
+    assert record_history(tmp_path) == {}  # not a git checkout: no history, no error
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    _git(tmp_path, "init", "-q")
+    (papers / "a-2023.yaml").write_text("id: a-2023\n", encoding="utf-8")
+    (papers / "b-2023.yaml").write_text("id: b-2023\n", encoding="utf-8")
+    (tmp_path / "README.md").write_text("not a record\n", encoding="utf-8")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "first", date="2026-01-02")
+    (papers / "a-2023.yaml").write_text("id: a-2023\ntitle: x\n", encoding="utf-8")
+    (papers / "b-2023.yaml").unlink()
+    (papers / "c-2024.yaml").write_text("id: c-2024\n", encoding="utf-8")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "second", date="2026-03-04")
+    assert record_history(tmp_path) == {
+        "a-2023": [("2026-01-02", "added"), ("2026-03-04", "changed")],
+        "b-2023": [("2026-01-02", "added"), ("2026-03-04", "removed")],
+        "c-2024": [("2026-03-04", "added")],
+    }
+
+
+def test_history_gives_recently_added_the_feed_dates_and_the_changelog(records: list[dict]) -> None:
+    from tokenkb.renderers.site import atom_feed
+
+    first, second = records[0]["id"], records[1]["id"]
+    history = {
+        first: [("2026-01-02", "added"), ("2026-03-04", "changed")],
+        second: [("2026-02-03", "added")],
+        "gone-2020": [("2026-01-02", "added"), ("2026-03-04", "removed")],
+    }
+    out = Path("/x/docs")
+    rendered = site_files(out, records, {}, history=history)
+    files = {str(p.relative_to(out)): t for p, t in rendered.items()}
+    home = files["index.md"]
+    assert "## Recently added" in home and "## Newest works" not in home
+    assert home.index(f"papers/{second}.md") < home.index(f"papers/{first}.md")  # newest first
+    log = files["changelog.md"]
+    assert log.index("## 2026-03-04") < log.index("## 2026-02-03") < log.index("## 2026-01-02")
+    day = log.split("## 2026-03-04")[1].split("## ")[0]
+    assert f"papers/{first}.md" in day.split("Changed:")[1] and "Removed: gone-2020." in day
+    feed = files["feed.xml"]
+    assert "<updated>2026-02-03T00:00:00Z</updated>" in feed and feed == atom_feed(
+        records, added={first: "2026-01-02", second: "2026-02-03"}
+    )
+    without = {str(p.relative_to(out)): t for p, t in site_files(out, records, {}).items()}
+    assert "## Newest works" in without["index.md"]
+    assert "no history to show" in without["changelog.md"]

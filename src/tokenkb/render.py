@@ -163,6 +163,34 @@ def benchmark_results(root: Path) -> dict[str, Any]:
     return results
 
 
+def record_history(root: Path) -> dict[str, list[tuple[str, str]]]:
+    """When each record was added and changed, from the git history of `root/papers`: record id
+    -> [(YYYY-MM-DD, "added" | "changed" | "removed"), ...], oldest first. Commit dates, never
+    the clock, so the same history gives the same site. {} where there is no history (not a git
+    checkout, git missing): the site then dates works by their first public version only."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "log", "--reverse", "--no-renames", "--format=%x00%cs",
+             "--name-status", "--", "papers/"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if done.returncode != 0:
+        return {}
+    kinds = {"A": "added", "M": "changed", "D": "removed"}
+    history: dict[str, list[tuple[str, str]]] = {}
+    date = ""
+    for line in done.stdout.splitlines():
+        if line.startswith("\x00"):
+            date = line[1:]
+            continue
+        status, _, path = line.partition("\t")
+        if status[:1] in kinds and path.startswith("papers/") and path.endswith(".yaml"):
+            history.setdefault(Path(path).stem, []).append((date, kinds[status[:1]]))
+    return history
+
+
 def site_sources(root: Path, records: list[dict[str, Any]], target: Path) -> Path:
     """Write the site sources into the new directory `target`: a copy of docs/ plus the
     generated pages."""
@@ -170,7 +198,10 @@ def site_sources(root: Path, records: list[dict[str, Any]], target: Path) -> Pat
 
     shutil.copytree(root / "docs", target)
     sources = read_sources(root / "curation" / "sources.yaml")
-    files = site_files(target, records, implementations(root), benchmark_results(root), sources)
+    files = site_files(
+        target, records, implementations(root), benchmark_results(root), sources,
+        history=record_history(root),
+    )  # fmt: skip
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

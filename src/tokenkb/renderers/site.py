@@ -257,17 +257,65 @@ def newest(records: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (first_public(r), r["id"]), reverse=True)[:count]
 
 
-def atom_feed(records: list[dict[str, Any]], site_url: str = SITE_URL) -> str:
-    """An Atom feed (RFC 4287) of the newest works, dated by `first_public`: the same records give
-    the same bytes, whenever the site is built."""
+def added_dates(history: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+    """Record id -> the date it was (last) added to the base, from `render.record_history`."""
+    added: dict[str, str] = {}
+    for record_id, events in history.items():
+        dates = [date for date, kind in events if kind == "added"]
+        if dates:
+            added[record_id] = dates[-1]
+    return added
+
+
+def recently_added(
+    records: list[dict[str, Any]], added: dict[str, str], count: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """The `count` records added last, as (date added, record), newest first."""
+    dated = [(added[r["id"]], r) for r in records if r["id"] in added]
+    return sorted(dated, key=lambda pair: (pair[0], pair[1]["id"]), reverse=True)[:count]
+
+
+def changelog(
+    records: list[dict[str, Any]], history: dict[str, list[tuple[str, str]]], days: int = 60
+) -> list[tuple[str, dict[str, list[dict[str, Any]]]]]:
+    """What changed in the base, by day, newest first (at most `days` days): for each day the
+    records added, changed and removed. A removed record is named by its id."""
+    by_id = {r["id"]: r for r in records}
+    days_seen: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for record_id, events in history.items():
+        for date, kind in events:
+            day = days_seen.setdefault(date, {"added": [], "changed": [], "removed": []})
+            entry = by_id.get(record_id, {"id": record_id, "title": record_id, "gone": True})
+            if entry not in day[kind]:
+                day[kind].append(entry)
+    ordered = sorted(days_seen.items(), reverse=True)[:days]
+    for _, day in ordered:
+        for kind in day:
+            day[kind].sort(key=lambda r: str(r["title"]).casefold())
+    return ordered
+
+
+def atom_feed(
+    records: list[dict[str, Any]], site_url: str = SITE_URL, added: dict[str, str] | None = None
+) -> str:
+    """An Atom feed (RFC 4287): with `added` (the dates records were added, from git history),
+    the works added last, dated when they were added; without, the newest works, dated by
+    `first_public`. Dates come from the data, so the same inputs give the same bytes, whenever
+    the site is built."""
     from html import escape
 
-    entries = newest(records, FEED_ENTRIES)
-    updated = max((first_public(r) for r in entries), default="1970-01-01")
+    if added:
+        dated = recently_added(records, added, FEED_ENTRIES)
+        entries = [r for _, r in dated]
+        when_of = {r["id"]: date for date, r in dated}
+    else:
+        entries = newest(records, FEED_ENTRIES)
+        when_of = {r["id"]: first_public(r) for r in entries}
+    updated = max(when_of.values(), default="1970-01-01")
     lines = [
         '<?xml version="1.0" encoding="utf-8"?>',
         '<feed xmlns="http://www.w3.org/2005/Atom">',
-        "<title>tokenkb: newest works on token reduction</title>",
+        f"<title>tokenkb: {'works added' if added else 'newest works'} on token reduction</title>",
         f'<link rel="self" href="{escape(site_url)}feed.xml"/>',
         f'<link rel="alternate" href="{escape(site_url)}"/>',
         f"<id>{escape(site_url)}</id>",
@@ -284,7 +332,7 @@ def atom_feed(records: list[dict[str, Any]], site_url: str = SITE_URL) -> str:
             f"<title>{html_text(r['title'])}</title>",
             f'<link rel="alternate" href="{escape(url)}"/>',
             f"<id>{escape(url)}</id>",
-            f"<updated>{first_public(r)}T00:00:00Z</updated>",
+            f"<updated>{when_of[r['id']]}T00:00:00Z</updated>",
             *(f"<author><name>{html_text(a)}</name></author>" for a in r.get("authors") or []),
             f"<summary>{html_text(when)}. {html_text(summary)}</summary>",
             "</entry>",
@@ -304,16 +352,20 @@ def site_files(
     impls: dict[str, Any],
     results: dict[str, Any] | None = None,
     sources: dict[str, dict[str, str]] | None = None,
+    history: dict[str, list[tuple[str, str]]] | None = None,
 ) -> dict[Path, str]:
     """`{path: text}` of every generated site source under `out` (build/docs): the home page,
     browse pages, a page per work, downloads, and (with `impls` and `results`) the pages of the
     reference implementations and the benchmark results. `sources` (`read_sources`) names the
-    source lists in each work's provenance."""
+    source lists in each work's provenance. `history` (`render.record_history`: when each record
+    was added and changed) gives "recently added" on the home page, the feed's dates and the
+    changelog page; without it the home page and feed show the newest works."""
     from .results import results_files
 
     env = environment()
     records = sort_newest_first(records)
     sources = sources or {}
+    added = added_dates(history or {})
     methods = [r for r in records if r["kind"] == "method"]
     files: dict[Path, str] = {}
     files[out / "index.md"] = env.get_template("site_home.md").render(
@@ -329,6 +381,7 @@ def site_files(
         ],
         chart=chart_svg(records),
         newest=newest(records, 8),
+        recent=recently_added(records, added, 8),
         legend=chart_legend(records),
         years=f"{min(r['year'] for r in records)}-{max(r['year'] for r in records)}"
         if records
@@ -362,7 +415,10 @@ def site_files(
             impl_name=module.rsplit(".", 1)[1] if dotted else None,
         )
     files.update(results_files(out, records, impls, results or {}))
-    files[out / "feed.xml"] = atom_feed(records)
+    files[out / "feed.xml"] = atom_feed(records, added=added)
+    files[out / "changelog.md"] = env.get_template("site_changelog.md").render(
+        days=changelog(records, history or {})
+    )
     files[out / "papers.json"] = json_export(records)
     files[out / "papers.bib"] = bibliography(records)
     return files
