@@ -40,7 +40,7 @@ def config_for(keep: float, model_config: object = None) -> Config:
 class RecentPress(ScorerPress):
     def score(self, ctx: PressContext) -> Tensor:
         B, H, T, _ = ctx.keys.shape
-        position = torch.arange(T, device=ctx.keys.device, dtype=ctx.keys.dtype)
+        position = torch.arange(T, device=ctx.keys.device, dtype=torch.float32)  # exact to 2^24
         return position.expand(B, H, T)  # later is better
 
 

@@ -1,9 +1,16 @@
 """SnapKV: LLM Knows What You are Looking for Before Generation, arXiv 2404.14469, record
 `snapkv-2024`.
 
-Checked against the official repository FasterDecoding/SnapKV (snapkv/monkeypatch/snapkv_utils.py,
-`SnapKVCluster.update_kv`, and the LongBench configs experiments/LongBench/config/*_w32_k7_maxpool
-.json); no code was taken from it.
+Checked against the official repository FasterDecoding/SnapKV at commit e216ddc84c5b
+(snapkv/monkeypatch/snapkv_utils.py, `SnapKVCluster.update_kv`; LongBench configs
+experiments/LongBench/config/*_w32_k7_maxpool.json); no code was taken from it. The official
+`update_kv` was run in memory, outside the project, against `SnapKVPress.compress` on 576 seeded
+cases (3 seeds x float32/float16 x batch 1, 2 x T 24, 61 x window 4, 8 x capacity 16, 23 x
+kernel 1, 5, 7 x max/avg pooling; one KV head per query head, as the official code repeats
+them): the same entries kept in 396, and in the other 180 the kept sets differ only between
+positions of equal score (max pooling makes ties; the official `topk` leaves them to the backend,
+ours keeps the earlier position); no other difference. The official code stores the selected
+entries in score order, ours in their original order (attention does not depend on it).
 
 The queries at the end of the prompt already show which earlier tokens generation will attend.
 Once, after the prompt has gone through a layer (prefill):
@@ -19,7 +26,9 @@ Once, after the prompt has gone through a layer (prefill):
 5. each KV head keeps its `n - w` best-scored prefix entries plus the whole window, `n =
    Budget.tokens(T)` entries in all, in their original order (ties go to the earlier position).
 
-Decoding leaves the cache alone: new entries are appended as usual.
+Decoding leaves the cache alone: new entries are appended as usual. As a `base.ScorerPress`, the
+method is its score rule (`WindowVotePress`, shared with PyramidKV): the pooled votes over the
+prefix, the window protected through the `protected` hook.
 
 The window is `Config.window` (32, the official setting) but never more than half the budget, so
 at least half of the kept entries are chosen by score: `w = max(1, min(window, (n - sinks) //
@@ -46,14 +55,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..llm.llama import PressContext
 from ..registry import ImplInfo
 from ..selection import top_in_order as top_in_order
-from .base import Budget, kv_head_scores
+from .base import Budget, ScorerPress, kv_head_scores, protect
 
 IMPL = ImplInfo(
     name="snapkv",
@@ -111,19 +119,20 @@ def window_scores(attn: Tensor, window: int, kernel: int, pooling: str, kv_heads
     return kv_head_scores(pool(votes, kernel, pooling), H, kv_heads)  # (B, H_kv, P)
 
 
+def snapkv_scores(attn: Tensor, window: int, kernel: int, pooling: str, kv_heads: int) -> Tensor:
+    """Scores `(B, H_kv, T)`: `window_scores` over the prefix, 0 over the window (which the
+    press protects, so its score never matters)."""
+    return F.pad(window_scores(attn, window, kernel, pooling, kv_heads), (0, window))
+
+
 def snapkv_index(
     attn: Tensor, n: int, window: int, kernel: int, pooling: str, kv_heads: int, sinks: int = 0
 ) -> Tensor:
     """Positions `(B, H_kv, n)` kept out of `T`: the best `n - window` prefix positions by
     `window_scores` (the first `sinks` always among them) and the last `window` ones."""
-    B, _, T, _ = attn.shape
-    scores = window_scores(attn, window, kernel, pooling, kv_heads)  # (B, H_kv, P)
-    if sinks:
-        scores = scores.clone()
-        scores[..., :sinks] = float("inf")
-    prefix = top_in_order(scores, n - window)  # (B, H_kv, n - w)
-    tail = torch.arange(T - window, T, device=attn.device).expand(B, kv_heads, window)
-    return torch.cat([prefix, tail], dim=-1)  # (B, H_kv, n)
+    assert sinks + window <= n, "the budget must hold the sinks and the window"
+    scores = protect(snapkv_scores(attn, window, kernel, pooling, kv_heads), sinks, window)
+    return top_in_order(scores, n)  # (B, H_kv, n)
 
 
 def gather(keys: Tensor, values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,27 +141,33 @@ def gather(keys: Tensor, values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]
     return keys.gather(2, expanded), values.gather(2, expanded)
 
 
-class SnapKVPress:
+class WindowVotePress(ScorerPress):
+    """The score rule SnapKV and PyramidKV share: the observation window's pooled attention votes,
+    the window itself protected (with the first `sinks` entries, as far as the budget allows)."""
+
+    def __init__(self, budget: Budget, window: int, kernel: int, pooling: str) -> None:
+        super().__init__(budget)
+        self.window, self.kernel, self.pooling = window, kernel, pooling
+
+    def observation(self, ctx: PressContext) -> int:
+        """Length of this layer's observation window."""
+        return observation_window(self.tokens(ctx) - self.budget.sinks, self.window)
+
+    def protected(self, ctx: PressContext, n: int) -> tuple[int, int]:
+        w = self.observation(ctx)
+        return min(self.budget.sinks, n - w), w
+
+    def score(self, ctx: PressContext) -> Tensor:
+        w = self.observation(ctx)
+        return snapkv_scores(ctx.attn, w, self.kernel, self.pooling, ctx.config.kv_heads)
+
+
+class SnapKVPress(WindowVotePress):
     """Compresses each layer once at prefill; decoding appends as usual."""
 
     def __init__(self, config: Config) -> None:
+        super().__init__(config.budget, config.window, config.kernel, config.pooling)
         self.config = config
-
-    def prefill(self, ctx: PressContext) -> tuple[Tensor, Tensor]:
-        c = self.config
-        T = ctx.keys.shape[2]
-        n = c.budget.tokens(T)
-        if n >= T:
-            return ctx.keys, ctx.values
-        sinks = c.budget.sinks
-        w = observation_window(n - sinks, c.window)
-        index = snapkv_index(
-            ctx.attn, n, w, c.kernel, c.pooling, ctx.config.kv_heads, min(sinks, n - w)
-        )
-        return gather(ctx.keys, ctx.values, index)
-
-    def decode(self, ctx: PressContext) -> tuple[Tensor, Tensor]:
-        return ctx.keys, ctx.values
 
 
 def make_press(config: Config = Config()) -> SnapKVPress:

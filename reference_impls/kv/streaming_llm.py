@@ -1,8 +1,17 @@
 """Efficient Streaming Language Models with Attention Sinks (StreamingLLM), arXiv 2309.17453,
 record `streamingllm-2024`.
 
-Checked against the official repository mit-han-lab/streaming-llm (streaming_llm/kv_cache.py,
-`StartRecentKVCache`; streaming_llm/pos_shift/); no code was taken from it.
+Checked against the official repository mit-han-lab/streaming-llm at commit 2e5042606d69
+(streaming_llm/kv_cache.py, `StartRecentKVCache`; streaming_llm/pos_shift/); no code was taken
+from it. `StartRecentKVCache(start_size, recent_size)` was run in memory, outside the project:
+its `__call__` on the prompt's cache, then six rounds of `evict_for_space(cache, 1)` and an
+append, against our prefill and six decoding steps with `sinks = start_size` and a budget of
+`start_size + recent_size`, on 56 seeded cases (2 seeds x batch 1, 2 x T 5, 17, 40 x 1 or 4
+sinks x caps 4, 6, 16 below T): equal keys and values at every step in 44; the other 12 have
+`recent_size = 0`, where the official slice `seq_len - recent_size + 1 : seq_len` keeps the
+newest token beside the sinks (a cache of `cache_size + 1`); ours holds the cap and keeps only
+the sinks. The official evicts before appending, ours after the new token has attended to the
+full cache; the entries kept are the same.
 
 LLMs put a large share of attention on the first few tokens whatever they say ("attention
 sinks"), so a plain sliding window breaks down as soon as they leave the cache. StreamingLLM
@@ -16,6 +25,8 @@ most recent ones:
    entries. Every layer and KV head keeps the same positions.
 
 At `keep >= 1` nothing is evicted, neither at prefill nor later (the cache is untouched).
+As a `base.ScorerPress` the method is a score rule: the position (later is better), with the
+sinks protected and `evict_on_decode`; `sink_window_index` states the same choice in closed form.
 
 Simplified: positions. Our cache stores keys already rotated at their original positions
 (`reference_impls.llm.llama`), whereas StreamingLLM assigns positions by place inside the cache
@@ -36,7 +47,7 @@ from torch import Tensor
 
 from ..llm.llama import PressContext
 from ..registry import ImplInfo
-from .base import Budget
+from .base import Budget, ScorerPress
 
 IMPL = ImplInfo(
     name="streaming_llm",
@@ -78,28 +89,21 @@ def sink_window_index(length: int, n: int, sinks: int, device: torch.device) -> 
     return torch.cat([head, tail])
 
 
-class StreamingLLMPress:
-    """Sinks plus recent window at prefill; one eviction of the oldest non-sink per decode step."""
+class StreamingLLMPress(ScorerPress):
+    """Sinks plus recent window at prefill; one eviction of the oldest non-sink per decode step:
+    the score is the position (later is better) and the sinks are the protected leading
+    entries, so `ScorerPress` keeps exactly `sink_window_index`."""
+
+    evict_on_decode = True
 
     def __init__(self, config: Config) -> None:
+        super().__init__(config.budget)
         self.config = config
-        self.cap: dict[int, int | None] = {}  # per layer: the budget fixed at prefill
 
-    def _trim(self, ctx: PressContext, n: int) -> tuple[Tensor, Tensor]:
-        index = sink_window_index(ctx.keys.shape[2], n, self.config.budget.sinks, ctx.keys.device)
-        return ctx.keys.index_select(2, index), ctx.values.index_select(2, index)
-
-    def prefill(self, ctx: PressContext) -> tuple[Tensor, Tensor]:
-        T = ctx.keys.shape[2]
-        n = self.config.budget.tokens(T)
-        self.cap[ctx.layer] = n if n < T else None  # keep >= 1: no cap, ever
-        return self._trim(ctx, n) if n < T else (ctx.keys, ctx.values)
-
-    def decode(self, ctx: PressContext) -> tuple[Tensor, Tensor]:
-        n = self.cap.get(ctx.layer)
-        if n is None or ctx.keys.shape[2] <= n:
-            return ctx.keys, ctx.values
-        return self._trim(ctx, n)
+    def score(self, ctx: PressContext) -> Tensor:
+        B, H_kv, T, _ = ctx.keys.shape
+        position = torch.arange(T, device=ctx.keys.device, dtype=torch.float32)
+        return position.expand(B, H_kv, T)
 
 
 def make_press(config: Config = Config()) -> StreamingLLMPress:

@@ -1,14 +1,22 @@
 """Pixel shuffle (space-to-depth) projector, as in InternVL 1.5 / 2: "How Far Are We to GPT-4V?
 Closing the Gap to Commercial Multimodal Models with Open-Source Suites", arXiv 2404.16821.
 
-Checked against the official repository OpenGVLab/InternVL (`InternVLChatModel.pixel_shuffle`
-with `ps_version="v2"` and `mlp1`); no code was taken from it. The ViT's patch tokens (CLS
-dropped) are laid out on their `S x S` grid; every `s x s` block of neighbouring tokens is folded
-into one token whose channels are the block's `s * s` feature vectors concatenated in row-major
-order inside the block (`(dy, dx) = (0, 0), (0, 1), (1, 0), (1, 1)` for `s = 2`, the order the
-official view/permute sequence produces). An MLP (`LayerNorm(s*s*C_vis)`, `Linear`, `GELU`,
-`Linear`) maps the folded tokens to the LLM width. InternVL uses `s = 2` (downsample ratio 0.5):
-1024 tokens of a 448 px tile become 256.
+Official code: OpenGVLab/InternVL@2410d1dbf208f0e799459aff9376e5747dbf41a2
+(`internvl_chat/internvl/model/internvl_chat/modeling_internvl_chat.py:
+InternVLChatModel.pixel_shuffle` and `mlp1`, as `extract_feature` chains them), run in memory
+outside the project with our weights loaded into `mlp1` (`load_state_dict(strict=True)`): the
+same output token counts and equal outputs (max abs diff 0) on 48 seeded cases (2 seeds; B 1 and
+3; grids 8, 16 and 32 squared; scale 2 and 4, i.e. `downsample_ratio` 0.5 and 0.25), with
+`ps_version` "v2" and "v1" (24 each). Option (official name): `ps_version`, "v2" by default (the
+released InternVL2 checkpoints; the configuration class's own default is "v1", whose blocks come
+out transposed, column-major, as its warning says). No code was taken from it.
+
+The ViT's patch tokens (CLS dropped) are laid out on their `S x S` grid; every `s x s` block of
+neighbouring tokens is folded into one token whose channels are the block's `s * s` feature vectors
+concatenated in row-major order inside the block (`(dy, dx) = (0, 0), (0, 1), (1, 0), (1, 1)` for
+`s = 2`, the order the official view/permute sequence produces). An MLP
+(`LayerNorm(s*s*C_vis)`, `Linear`, `GELU`, `Linear`) maps the folded tokens to the LLM width.
+InternVL uses `s = 2` (downsample ratio 0.5): 1024 tokens of a 448 px tile become 256.
 
 Output token `i` depends on its own `s x s` block only (the MLP acts per token).
 
@@ -46,10 +54,12 @@ class Config:
     in_dim: int = 32  # C_vis
     out_dim: int = 64  # C_llm
     scale: int = 2  # s: each s x s block becomes one token (InternVL: 2)
+    ps_version: str = "v2"  # official: "v2" row-major blocks; "v1" transposed (column-major)
 
     def __post_init__(self) -> None:
         assert self.in_dim > 0 and self.out_dim > 0, "dimensions must be positive"
         assert self.scale >= 1, "scale must be >= 1"
+        assert self.ps_version in ("v1", "v2"), "ps_version must be 'v1' or 'v2'"
 
 
 def config_for(keep: float, model_config: object = None, num_patches: int = 576) -> Config:
@@ -95,6 +105,10 @@ class PixelShuffleProjector(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """`x (B, N, C_vis)` -> `(B, N / s**2, C_llm)`."""
         folded = space_to_depth(x, self.config.scale)  # (B, M, s*s*C_vis)
+        if self.config.ps_version == "v1":  # the blocks in column-major order
+            B, M, D = folded.shape
+            g = grid_side(M)
+            folded = folded.view(B, g, g, D).transpose(1, 2).reshape(B, M, D)
         return self.mlp(self.norm(folded))
 
 

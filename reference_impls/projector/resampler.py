@@ -2,10 +2,20 @@
 Bootstrapping Language-Image Pre-training with Frozen Image Encoders and Large Language Models",
 arXiv 2301.12597.
 
-Checked against the paper and the official repository salesforce/LAVIS (`Blip2Base.init_Qformer`
-in `lavis/models/blip2_models/blip2.py`, `BertLayer` in `Qformer.py`); no code was taken from it.
-A fixed set of `M` learned query embeddings passes through `depth` BERT-style layers, each
-post-LayerNorm:
+Official code: salesforce/LAVIS@506965b9c4a18c1e565bd32acaccabe0198433f7
+(`lavis/models/blip2_models/Qformer.py: BertEmbeddings`, `BertEncoder`, `BertLayer` with
+`query_length`, `BertAttention`, `BertIntermediate`/`BertOutput` for the queries; the
+configuration of `blip2.py: Blip2Base.init_Qformer`), run in memory outside the project (its
+`transformers` imports reduced to `ACT2FN`) with our weights copied into it, on the query
+branch as `blip2_opt.py` calls it (`query_embeds` only, `ln_vision` features as
+`encoder_hidden_states`): outputs equal to float tolerance (max abs diff 2.4e-7) on 24 seeded
+cases (depth/cross-attention frequency 2/1, 3/2, 4/2; 2 seeds; B 1 and 3; 16 and 37 image
+tokens). Fixed to match it: the query embeddings are layer-normalised first (`BertEmbeddings`
+applies its LayerNorm to `query_embeds`), and every Q-Former LayerNorm uses BERT's eps 1e-12
+(`Config.layer_norm_eps`; was PyTorch's 1e-5). No code was taken from it.
+
+A fixed set of `M` learned query embeddings is layer-normalised and passes through `depth`
+BERT-style layers, each post-LayerNorm:
 
 1. self-attention among the queries: `q = LN(q + SelfAttn(q))`;
 2. in every `cross_attention_every`-th layer (BLIP-2: every second one), cross-attention from the
@@ -62,6 +72,7 @@ class Config:
     heads: int = 4
     cross_attention_every: int = 1  # a cross-attention in layers 0, k, 2k, ... (BLIP-2: 2)
     mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-12  # BERT's `layer_norm_eps`, in every Q-Former LayerNorm
 
     def __post_init__(self) -> None:
         assert self.in_dim > 0 and self.out_dim > 0, "dimensions must be positive"
@@ -90,7 +101,8 @@ class QFormerLayer(nn.Module):
         super().__init__()
         D = config.width
         self.self_attn = nn.MultiheadAttention(D, config.heads, batch_first=True)
-        self.norm_self = nn.LayerNorm(D)
+        eps = config.layer_norm_eps
+        self.norm_self = nn.LayerNorm(D, eps=eps)
         self.cross_attn = (
             nn.MultiheadAttention(
                 D, config.heads, kdim=config.in_dim, vdim=config.in_dim, batch_first=True
@@ -98,10 +110,10 @@ class QFormerLayer(nn.Module):
             if cross
             else None
         )
-        self.norm_cross = nn.LayerNorm(D) if cross else None
+        self.norm_cross = nn.LayerNorm(D, eps=eps) if cross else None
         hidden = int(D * config.mlp_ratio)
         self.ffn = nn.Sequential(nn.Linear(D, hidden), nn.GELU(), nn.Linear(hidden, D))
-        self.norm_ffn = nn.LayerNorm(D)
+        self.norm_ffn = nn.LayerNorm(D, eps=eps)
 
     def forward(self, q: Tensor, image: Tensor) -> Tensor:
         """`q (B, M, D)`, `image (B, N, C_vis)` -> `(B, M, D)`."""
@@ -121,6 +133,8 @@ class QFormerResampler(nn.Module):
         self.image_norm = nn.LayerNorm(config.in_dim)  # BLIP-2's ln_vision
         # BLIP-2 initialises the queries from N(0, 0.02^2)
         self.queries = nn.Parameter(torch.randn(1, config.num_queries, config.width) * 0.02)
+        # BertEmbeddings: the query embeddings alone are layer-normalised before the layers
+        self.query_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(
             QFormerLayer(config, cross=i % config.cross_attention_every == 0)
             for i in range(config.depth)
@@ -130,7 +144,7 @@ class QFormerResampler(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """`x (B, N, C_vis)` -> `(B, M, C_llm)`."""
         image = self.image_norm(x)  # (B, N, C_vis)
-        q = self.queries.expand(x.shape[0], -1, -1)  # (B, M, D)
+        q = self.query_norm(self.queries).expand(x.shape[0], -1, -1)  # (B, M, D)
         for layer in self.layers:
             q = layer(q, image)
         return self.proj(q)

@@ -1,5 +1,8 @@
 """Top-k by token norm: keep the patch tokens with the largest L2 norm (a baseline).
 
+No official code: a baseline written from its description, following no released
+implementation.
+
 Not a paper's method: a cheap importance proxy that needs no attention map, used as a control
 (large-norm tokens are often, but not always, the informative ones). Applied between attention and
 MLP of the chosen blocks, like EViT.

@@ -1,5 +1,8 @@
 """Random token drop: keep a uniformly random subset of patch tokens (a baseline).
 
+No official code: a baseline written from its description, following no released
+implementation.
+
 Not a paper's method: the control that every pruning comparison needs (a method that cannot beat
 random selection at the same budget has learned nothing about importance). Applied between
 attention and MLP of the chosen blocks, like EViT, so budgets are comparable.

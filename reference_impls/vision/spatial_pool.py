@@ -1,5 +1,8 @@
 """2x2 spatial pooling of patch tokens (a baseline).
 
+No official code: a baseline written from its description, following no released
+implementation.
+
 Not a paper's method: average each 2x2 neighbourhood of the patch grid into one token, a 4x
 reduction that uses no content at all; benchmarks of visual-token reduction keep finding it hard
 to beat. Applied between attention and MLP of one block, on a full square patch grid. Sizes add

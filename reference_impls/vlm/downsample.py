@@ -1,5 +1,8 @@
 """Average pooling of the patch grid before the language model (a baseline).
 
+No official code: a baseline written from its description, following no released
+implementation.
+
 Not a paper's method: the `g x g` grid of patch features of each view is average-pooled to
 `s x s`, `s = max(1, round(g * sqrt(keep)))`, with PyTorch's adaptive average pooling (windows
 `[floor(i g / s), ceil((i + 1) g / s))`, overlapping when `s` does not divide `g`), and the `s^2`

@@ -1,5 +1,8 @@
 """Random visual-token dropping before the language model (a baseline).
 
+No official code: a baseline written from its description, following no released
+implementation.
+
 Not a paper's method: keep `round(keep * n)` of the `n` patch tokens chosen uniformly at random
 (a seeded generator, so runs repeat), in their original order, and project only those. Benchmarks
 of visual-token reduction keep finding random and uniform dropping hard to beat.

@@ -1,5 +1,8 @@
 """Uniform (strided) visual-token dropping before the language model (a baseline).
 
+No official code: a baseline written from its description, following no released
+implementation.
+
 Not a paper's method: keep `k = round(keep * n)` of the `n` patch tokens at evenly spaced
 positions `floor(i * n / k)`, `i = 0..k-1` (row-major order over the patch grid; for `k = n / s`
 this is every s-th token), and project only those. Uses no content at all.

@@ -159,3 +159,32 @@ def test_linkages_give_different_clusterings() -> None:
     labels = [agglomerative_labels(keys[:, 1:], 6, linkage) for linkage in LINKAGES]
     assert not torch.equal(labels[0], labels[1]) and not torch.equal(labels[0], labels[2])
     assert not torch.equal(labels[1], labels[2])
+
+
+def test_official_count_floors_a_power_of_the_patch_count() -> None:
+    """64 patches, keep rate 0.7: stages keep int(44.8) = 44, int(31.36) = 31, int(21.95) = 21;
+    never more than the tokens present, never fewer than one."""
+    from reference_impls.vision.atc import official_count
+
+    assert [official_count(64, 0.7, s, 64) for s in range(3)] == [44, 31, 21]
+    assert official_count(64, 0.9, 0, 40) == 40
+    assert official_count(64, 0.01, 2, 5) == 1
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        ("official", [(65, 65), (65, 45), (45, 32), (32, 22)]),
+        ("per_stage", [(65, 65), (65, 46), (46, 32), (32, 23)]),
+    ],
+)
+def test_count_rules_in_the_model(count: str, expected: list[tuple[int, int]]) -> None:
+    """keep rate 0.7 at blocks 1, 2, 3 of 64 patches: official 44, 31, 21 clusters; per stage
+    round(0.7 * 64) = 45, round(0.7 * 45) = 31 (0.7 * 45 is 31.4999... in floats),
+    round(0.7 * 31) = 22."""
+    model, x = tiny_vit(), images()
+    with torch.no_grad(), patch(model, Config(keep_rate=0.7, blocks=(1, 2, 3), count=count)):
+        model(x)
+        assert model.token_counts() == expected
+    with pytest.raises(AssertionError, match="count must be one of"):
+        Config(count="floor")

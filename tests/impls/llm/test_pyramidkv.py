@@ -74,12 +74,35 @@ def naive_select(attn: torch.Tensor, n: int, window: int, kernel: int, kv_heads:
 
 
 def test_budgets_by_hand() -> None:
-    """T = 40, keep 0.5, depth 3: window 8, mean prefix 12 -> 23.4, 12, 0.6 -> 23, 12, 1."""
+    """Exact schedule, T = 40, keep 0.5, depth 3: window 8, mean prefix 12 -> 23.4, 12, 0.6 ->
+    23, 12, 1."""
+    exact = pyramidkv.Config(Budget(keep=0.5), schedule="exact")
     assert pyramidkv.layer_budgets(12, 32, 3, 20) == [23, 12, 1]
-    assert pyramidkv.pyramid_tokens(pyramidkv.config_for(0.5), 40, 3) == [31, 20, 9]
+    assert pyramidkv.pyramid_tokens(exact, 40, 3) == [31, 20, 9]
     # keep 0.9: the bottom layer would need 54.6 > 32 prefix tokens: capped, top 2*28 - 32 = 24
-    assert pyramidkv.pyramid_tokens(pyramidkv.config_for(0.9), 40, 3) == [40, 36, 32]
+    exact = pyramidkv.Config(Budget(keep=0.9), schedule="exact")
+    assert pyramidkv.pyramid_tokens(exact, 40, 3) == [40, 36, 32]
     assert pyramidkv.pyramid_tokens(pyramidkv.config_for(1.0), 40, 3) == [40, 40, 40]
+
+
+def test_official_budgets_by_hand() -> None:
+    """Official schedule: top floor(p / beta), bottom 2p - top, step floor((bottom - top) /
+    (depth - 1)); uniform while T < 2p."""
+    # p = 12: top 0, bottom 24, step 12
+    assert pyramidkv.official_budgets(12, 32, 3, 20) == [24, 12, 0]
+    assert pyramidkv.pyramid_tokens(pyramidkv.config_for(0.5), 40, 3) == [32, 20, 8]
+    # 30 layers, p = 12: step floor(24 / 29) = 0, so every layer gets the bottom's 24
+    assert pyramidkv.official_budgets(12, 32, 30, 20) == [24] * 30
+    # p = 42 of 92, 30 layers: top 2, bottom 82, step 2: 82, 80, ..., 24 (sum 1590 > 30 * 42)
+    assert pyramidkv.official_budgets(42, 92, 30, 20) == list(range(82, 23, -2))
+    # bottom 2*28 - 1 = 55 >= 32 available: capped at 32, top 24, step 4
+    assert pyramidkv.official_budgets(28, 32, 3, 20) == [32, 28, 24]
+    # keep 0.75 of 50: n = 38, p = 30, T = 50 < 60: the uniform budget in every layer
+    assert pyramidkv.pyramid_tokens(pyramidkv.config_for(0.75), 50, 3) == [38, 38, 38]
+    # keep 0.7 of 40: n = 28, p = 20, T = 2p: the pyramid (the uniform branch needs T < 2p);
+    # bottom 39 capped at 32, top 8, step 12
+    assert pyramidkv.pyramid_tokens(pyramidkv.config_for(0.7), 40, 3) == [40, 28, 16]
+    assert pyramidkv.official_budgets(5, 9, 1, 20) == [5]
 
 
 @pytest.mark.parametrize(
@@ -106,17 +129,21 @@ def test_budgets_are_exact_and_match_a_naive_loop(
     assert all(0 <= c <= available for c in counts)
 
 
-def test_every_layer_keeps_exactly_its_budget() -> None:
-    """On the tiny model, each layer holds its pyramid count; the total is the uniform one."""
+@pytest.mark.parametrize("schedule", pyramidkv.SCHEDULES)
+def test_every_layer_keeps_exactly_its_budget(schedule: str) -> None:
+    """On the tiny model, each layer holds its pyramid count; with the exact schedule the total
+    is the uniform one."""
     model = tiny_llama()
     for length, keep in [(40, 0.5), (37, 0.3), (50, 0.75)]:
+        config = pyramidkv.Config(Budget(keep=keep), schedule=schedule)
         cache = KVCache()
         with torch.no_grad():
-            model(prompt(length), cache, pyramidkv.make_press(pyramidkv.config_for(keep)))
-        expected = pyramidkv.pyramid_tokens(pyramidkv.config_for(keep), length, TINY_LLAMA.depth)
+            model(prompt(length), cache, pyramidkv.make_press(config))
+        expected = pyramidkv.pyramid_tokens(config, length, TINY_LLAMA.depth)
         assert [cache.length(layer) for layer in range(TINY_LLAMA.depth)] == expected
-        assert sum(expected) == TINY_LLAMA.depth * Budget(keep=keep).tokens(length)
-        assert expected[0] > expected[-1]
+        if schedule == "exact":
+            assert sum(expected) == TINY_LLAMA.depth * Budget(keep=keep).tokens(length)
+            assert expected[0] > expected[-1]
 
 
 def test_window_is_kept_in_every_layer() -> None:
@@ -142,7 +169,7 @@ def test_selection_matches_a_naive_loop_and_decoding_appends() -> None:
     press = pyramidkv.make_press(pyramidkv.config_for(0.5))
     tokens, cache = generate(model, ids, max_new_tokens=3, press=press)
     assert tokens.shape == (1, 3)
-    for layer, n in enumerate([31, 20, 9]):
+    for layer, n in enumerate([32, 20, 8]):
         assert cache.length(layer) == n + 2
         kept = naive_select(spy.attn[layer], n, 8, 7, TINY_LLAMA.kv_heads)
         for head, positions in enumerate(kept):
@@ -166,7 +193,7 @@ def test_smollm2_pyramid_and_attention_beats_recency(smollm2) -> None:  # noqa: 
     ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
     answer = tokenizer("The pass key is 48213.", return_tensors="pt").input_ids
     T = ids.shape[1]
-    config = pyramidkv.config_for(0.5)
+    config = pyramidkv.Config(Budget(keep=0.5), schedule="exact")  # the same total as recent
     cache = KVCache()
     with torch.no_grad():
         model(ids, cache, pyramidkv.make_press(config))

@@ -58,6 +58,26 @@ def test_prefill_and_decode_keep_exact_budget_in_every_layer() -> None:
     ] * TINY_LLAMA.depth
 
 
+def test_cache_size_is_a_fixed_number_of_states() -> None:
+    """The official `cache_size`: a 3-token prompt stays whole, then decoding grows the cache to
+    5 states and holds it there; a 9-token prompt is cut to 5 at prefill."""
+    model = tiny_llama()
+    for length, expected in [(3, [3, 4, 5, 5]), (9, [5, 5, 5, 5])]:
+        press = make_press(Config(Budget(keep=1.0), cache_size=5))
+        cache = KVCache()
+        seen = []
+        with torch.no_grad():
+            model(prompt(length), cache, press)
+            seen.append(cache.length(0))
+            for step in range(3):
+                model(prompt(1, seed=step), cache, press)
+                seen.append(cache.length(0))
+        assert seen == expected
+        assert all(cache.length(layer) == 5 for layer in range(TINY_LLAMA.depth))
+    with pytest.raises(AssertionError, match="cache_size"):
+        Config(Budget(sinks=3, window=3), cache_size=5)
+
+
 def test_all_kv_heads_of_a_layer_keep_the_same_states() -> None:
     """TOVA averages over all heads of the layer, so its KV heads hold the same positions."""
     generator = torch.Generator().manual_seed(5)

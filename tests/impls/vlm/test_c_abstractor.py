@@ -123,3 +123,22 @@ def test_training_fits_a_pooled_linear_target() -> None:
     target = target @ torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
     losses = fit(model, x, target, lr=1e-2)
     assert losses[-1] < losses[0] / 5, losses[::10]
+
+
+def test_depth_zero_is_pooling_then_readout_and_leaves_the_input_alone() -> None:
+    """Depth 0 (as the official `net = sampler`): a 2 x 2 grid of values 1, 2, 3, 6 plus a
+    positional embedding 0.5 pools to 3.5, and a one-layer readout `2 y + 1` gives 8. The
+    embedding is added out of place: the caller's tensor keeps its values (the official code adds
+    it in place)."""
+    model = CAbstractor(
+        Config(in_dim=1, out_dim=1, depth=0, mlp_depth=1, output_side=1, input_side=2)
+    )
+    with torch.no_grad():
+        model.readout[0].weight.fill_(2.0)
+        model.readout[0].bias.fill_(1.0)
+        assert model.pos_emb is not None
+        x = torch.tensor([1.0, 2.0, 3.0, 6.0]).reshape(1, 4, 1)
+        model.pos_emb.fill_(0.5)
+        out = model(x)
+    assert out.flatten().tolist() == [8.0]
+    assert x.flatten().tolist() == [1.0, 2.0, 3.0, 6.0]

@@ -52,3 +52,60 @@ def test_config_for_keeps_about_the_share() -> None:
         with prumerge_plus.patch(model, prumerge_plus.config_for(keep)):
             capture_llm(model, 1)
         assert 0.5 * keep * N <= model.counts.llm_input <= 1.5 * keep * N + 2
+
+
+def test_training_positions_by_hand() -> None:
+    """Offset s // 2, stride s = int(1 / r), up to n - 1 exclusive, nothing removed."""
+    device = torch.device("cpu")
+    assert prumerge_plus.training_positions(64, 1 / 8, device).tolist() == list(range(4, 63, 8))
+    assert prumerge_plus.training_positions(10, 1 / 3, device).tolist() == [1, 4, 7]
+    assert prumerge_plus.training_positions(5, 1.0, device).tolist() == [0, 1, 2, 3]
+    assert prumerge_plus.training_positions(576, 1 / 8, device).tolist()[:2] == [4, 12]
+
+
+def test_official_complement_with_repeats() -> None:
+    """No repeats: the ascending complement. Kept [2, 2] of 5: zeros at 0 (unkept) and 2, sorted
+    [0, 0, 1, 3, 4], the first 2 dropped: [1, 3, 4] (0 lost). Kept [0, 2, 2]: [3, 4] (1 lost)."""
+    assert prumerge.official_complement(torch.tensor([[3, 1], [0, 4]]), 5).tolist() == [
+        [0, 2, 4],
+        [1, 2, 3],
+    ]
+    assert prumerge.official_complement(torch.tensor([[2, 2]]), 5).tolist() == [[1, 3, 4]]
+    assert prumerge.official_complement(torch.tensor([[0, 2, 2]]), 5).tolist() == [[3, 4]]
+
+
+def test_a_token_kept_twice_merges_as_the_official_loop() -> None:
+    """6 tokens, kept slots [4, 1, 4] (4 twice), m 2: slot i's candidates are the other slots,
+    then the official complement [2, 3, 5] (0 lost to the repeat); the extra token sums those."""
+    g = torch.Generator().manual_seed(3)
+    features, keys = torch.randn(6, 4, generator=g), torch.randn(6, 5, generator=g)
+    scores = torch.rand(6, generator=g)
+    kept, compl = [4, 1, 4], [2, 3, 5]
+    unit = keys / keys.norm(dim=-1, keepdim=True)
+    rows = []
+    for i, t in enumerate(kept):
+        rest = kept[:i] + kept[i + 1 :] + compl
+        order = sorted(range(len(rest)), key=lambda s: (-float(unit[t] @ unit[rest[s]]), s))[:2]
+        rows.append(features[t] + sum(scores[rest[s]] * features[rest[s]] for s in order))
+    rows.append(sum(scores[j] * features[j] for j in compl))
+    got = prumerge.prumerge_tokens(
+        features[None], scores[None], keys[None], torch.tensor([kept]), neighbours=2
+    )
+    torch.testing.assert_close(got[0], torch.stack(rows))
+
+
+@torch.no_grad()
+def test_non_adaptive_counts_official_and_unified() -> None:
+    """r 1/8 of 64: 8 selected plus 8 samples (4, 12, ..., 60, repeats kept) plus the extra: 17;
+    unified sampling: stride int(8 / 3) = 2 below 63, minus the selected ones."""
+    model = tiny_llava()
+    state = capture_visual(model)
+    scores, _ = prumerge.cls_scores(state)
+    selected = {j for b in range(2) for j in scores[b].topk(8).indices.tolist()}
+    with prumerge_plus.patch(model, prumerge_plus.Config(adaptive=False, keep=1 / 8)):
+        capture_llm(model, 1)
+    assert model.counts.llm_input == 17
+    unified = prumerge_plus.Config(adaptive=False, keep=1 / 8, unified_sampling=True)
+    with prumerge_plus.patch(model, unified):
+        capture_llm(model, 1)
+    assert model.counts.llm_input == 8 + len(set(range(0, 63, 2)) - selected) + 1

@@ -88,11 +88,13 @@ def _attention(mha: nn.MultiheadAttention, q: torch.Tensor, kv: torch.Tensor) ->
 
 
 def test_matches_a_naive_recomputation() -> None:
-    """Post-LN layers (self-attention, cross-attention where configured, FFN), then the projection."""
+    """The query embeddings layer-normalised (BERT's embedding LayerNorm, eps 1e-12), post-LN
+    layers (self-attention, cross-attention where configured, FFN), then the projection."""
     model, x = _model(), _features(B=1, N=9)
     with torch.no_grad():
         image = F.layer_norm(x[0], (6,), model.image_norm.weight, model.image_norm.bias)
-        q = model.queries[0]
+        norm = model.query_norm
+        q = F.layer_norm(model.queries[0], (8,), norm.weight, norm.bias, eps=1e-12)
         for layer in model.layers:
             q = layer.norm_self(q + _attention(layer.self_attn, q, q))
             if layer.cross_attn is not None and layer.norm_cross is not None:
@@ -126,3 +128,17 @@ def test_training_fits_a_global_target() -> None:
     target = (x.mean(1, keepdim=True) @ weight * 4).expand(8, 4, 8)
     losses = fit(model, x, target, lr=1e-2)
     assert losses[-1] < losses[0] / 5, losses[::10]
+
+
+def test_bert_layer_norms() -> None:
+    """Every Q-Former LayerNorm uses BERT's eps 1e-12; the image norm (BLIP-2's `ln_vision`)
+    keeps PyTorch's 1e-5. The queries are normalised before the first layer: queries that differ
+    by a constant offset per row give the same output."""
+    model = _model()
+    eps = {m.eps for name, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+    assert eps == {1e-12, 1e-5} and model.image_norm.eps == 1e-5
+    x = _features()
+    with torch.no_grad():
+        before = model(x)
+        model.queries.add_(torch.arange(5.0).reshape(1, 5, 1))
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)

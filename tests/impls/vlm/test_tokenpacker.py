@@ -117,3 +117,13 @@ def test_training_fits_a_pooled_linear_target() -> None:
     target = target @ torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
     losses = fit(model, x, target, lr=1e-2)
     assert losses[-1] < losses[0] / 5, losses[::10]
+
+
+def test_official_norm_eps_and_float32_point_queries() -> None:
+    """The official norms use eps 1e-6; the fp16 point queries are interpolated in float32 and
+    cast back to fp16: at scale 2 the mean of 1, 2, 3, 2048 is 513.5, which fp16 holds."""
+    packer = tokenpacker.TokenPacker(tokenpacker.Config())
+    assert {packer.q_norm.eps, packer.k_norm.eps, packer.v_norm.eps} == {1e-6}
+    x = torch.tensor([1.0, 2.0, 3.0, 2048.0], dtype=torch.float16).reshape(1, 4, 1)
+    got = packer.point_queries(x)
+    assert got.dtype == torch.float16 and got.flatten().tolist() == [513.5]

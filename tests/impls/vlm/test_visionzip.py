@@ -77,3 +77,23 @@ def test_reads_the_feature_block_with_cls() -> None:
             state.vision.keys[block][b], d, c,
         )  # fmt: skip
         torch.testing.assert_close(visual[b], model.projector(tokens), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("dominant", "contextual"), [(10, 2), (64, 1), (1, 63)])
+@torch.no_grad()
+def test_official_absolute_counts(dominant: int, contextual: int) -> None:
+    """`dominant` counts CLS: dominant - 1 patches + CLS, plus the contextual tokens; (64, 1)
+    keeps 63 patches and merges the last one into itself; (1, 63): only CLS is dominant."""
+    config = visionzip.Config(dominant=dominant, contextual=contextual)
+    assert visionzip.counts(64, config) == (dominant, contextual)
+    model = tiny_llava()
+    with visionzip.patch(model, config):
+        capture_llm(model, 1)
+    assert model.counts.llm_input == dominant + contextual
+
+
+def test_official_counts_must_fit_and_come_together() -> None:
+    with pytest.raises(AssertionError, match="must not exceed the 64 patches"):
+        visionzip.counts(64, visionzip.Config(dominant=60, contextual=6))
+    with pytest.raises(AssertionError, match="give both"):
+        visionzip.Config(dominant=10)
