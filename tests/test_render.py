@@ -254,7 +254,7 @@ def test_site_url_is_the_one_of_mkdocs_yml(monkeypatch: pytest.MonkeyPatch) -> N
     """Both read TOKENKB_SITE_URL with the same default."""
     import importlib
 
-    from mkdocs.config import load_config
+    from mkdocs.utils.yaml import yaml_load  # mkdocs' own reader of mkdocs.yml (!ENV tags)
 
     import tokenkb.renderers.site as site
 
@@ -263,7 +263,8 @@ def test_site_url_is_the_one_of_mkdocs_yml(monkeypatch: pytest.MonkeyPatch) -> N
             monkeypatch.delenv("TOKENKB_SITE_URL", raising=False)
         else:
             monkeypatch.setenv("TOKENKB_SITE_URL", value)
-        config = load_config(str(ROOT / "mkdocs.yml"))
+        # Not mkdocs.config.load_config: it also checks that docs_dir (build/docs) exists.
+        config = yaml_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
         assert config["site_url"] == importlib.reload(site).SITE_URL
     monkeypatch.delenv("TOKENKB_SITE_URL")
     importlib.reload(site)
