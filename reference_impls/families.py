@@ -31,7 +31,8 @@ class FamilyProtocol:
     exposes: tuple[str, ...]
     # modules of the package that are shared machinery, not algorithms (they define no IMPL)
     infrastructure: frozenset[str]
-    # where the package's tests live: tests/impls/<test_folder>/test_<name>.py ("" is tests/impls/)
+    # where the package's tests live: tests/impls/<test_folder>/test_<name>.py (the package's name:
+    # the test folders mirror the source)
     test_folder: str
 
 
@@ -44,7 +45,7 @@ FAMILIES: dict[str, FamilyProtocol] = {
             ("VisionTransformer",),
             ("Config", "config_for", "patch"),
             frozenset({"vit", "adapter", "tokens", "macs"}),
-            "",
+            "vision",
         ),
         FamilyProtocol(
             "kv",
@@ -52,7 +53,7 @@ FAMILIES: dict[str, FamilyProtocol] = {
             ("Llama", "Llava"),
             ("Config", "config_for", "make_press"),
             frozenset({"base"}),
-            "llm",
+            "kv",
         ),
         FamilyProtocol(
             "prompt",
@@ -60,7 +61,7 @@ FAMILIES: dict[str, FamilyProtocol] = {
             ("compress_prompt",),
             ("Config", "config_for", "compress"),
             frozenset({"scorer"}),
-            "llm",
+            "prompt",
         ),
         FamilyProtocol(
             "vlm",
@@ -76,7 +77,7 @@ FAMILIES: dict[str, FamilyProtocol] = {
             ("make_projector",),
             ("Config", "config_for", "output_tokens", "Projector"),
             frozenset({"grid"}),
-            "vlm",
+            "projector",
         ),
         FamilyProtocol(
             "video",
@@ -92,7 +93,7 @@ FAMILIES: dict[str, FamilyProtocol] = {
             ("DiT",),
             ("Config", "config_for", "patch"),
             frozenset({"dit"}),
-            "video",
+            "diffusion",
         ),
         FamilyProtocol(
             "text",

@@ -20,7 +20,7 @@ from typing import Any
 from .families import FAMILIES, missing
 
 FAMILY_PACKAGES = tuple(f"reference_impls.{package}" for package in FAMILIES)
-# Where each package's tests live: tests/impls/<folder>/test_<name>.py ("" is tests/impls/).
+# Where each package's tests live: tests/impls/<folder>/test_<name>.py (the package's name).
 TEST_FOLDERS = {package: family.test_folder for package, family in FAMILIES.items()}
 
 
@@ -39,7 +39,7 @@ class ImplInfo:
 
     @property
     def test_file(self) -> str:
-        """Vision tests sit in tests/impls/, the others in a folder per area (TEST_FOLDERS)."""
+        """tests/impls/<package>/test_<name>.py: the test folders mirror the source."""
         folder = TEST_FOLDERS[self.module.split(".")[1]]
         return "/".join(part for part in ("tests/impls", folder, f"test_{self.name}.py") if part)
 
