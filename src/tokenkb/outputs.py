@@ -110,13 +110,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -210,63 +204,52 @@ def _complete(directory: Path, renames: list[tuple[str, str]]) -> None:
 def recover(directory: Path) -> list[str]:
     """Finish what an interrupted writer left in `directory`: complete a journalled transaction,
     remove stale temporary files. Does nothing while another process holds the lock (its
-    writer is alive) or when the directory cannot be locked (read-only). Returns one line per
-    thing done, for the user."""
+    writer is alive) or when the directory cannot be opened. Returns one line per thing done,
+    for the user."""
+    try:
+        if not any(_leftover(entry.name) for entry in os.scandir(directory)):
+            return []  # the common case: nothing to do, and no lock taken
+        with locked(directory, timeout=0):
+            return _recover_locked(directory)
+    except (LockTimeout, OSError):
+        return []  # a writer is at work (what it left is not stale), or an unreadable directory
+
+
+def _leftover(name: str) -> bool:
+    return name == JOURNAL_NAME or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _recover_locked(directory: Path) -> list[str]:
     done: list[str] = []
-    try:
-        leftovers = any(
-            entry.name == JOURNAL_NAME
-            or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
-            for entry in os.scandir(directory)
-        )
-    except OSError:
-        return done
-    if not leftovers:  # the common case: nothing to do, and nothing created (not even the lock)
-        return done
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return done
-    try:
+    journal = directory / JOURNAL_NAME
+    if journal.exists():
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return done  # a writer is at work; what it left is not stale
-        journal = directory / JOURNAL_NAME
-        if journal.exists():
-            try:
-                renames = [(str(a), str(b)) for a, b in json.loads(journal.read_text())["renames"]]
-                if any("/" in name or name.startswith("..") for pair in renames for name in pair):
-                    raise ValueError("names outside the directory")
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                done.append(
-                    f"{journal}: cannot complete an interrupted write ({exc}); check "
-                    "`git status` in this directory, then delete this file"
-                )
-                return done
-            try:
-                _complete(directory, renames)
-            except OSError as exc:
-                done.append(
-                    f"{journal}: cannot complete an interrupted write yet: "
-                    f"{exc.strerror or exc}; it will be completed by the next command that can"
-                )
-                return done
-            done.append(
-                f"{directory}: completed a write that was interrupted ({len(renames)} files)"
-            )
-        stale = [
-            entry.name
-            for entry in os.scandir(directory)
-            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file()
-        ]
-        for name in stale:
-            with contextlib.suppress(OSError):
-                os.unlink(directory / name)
-        if stale:
-            done.append(f"{directory}: removed {len(stale)} temporary files of an interrupted run")
-    finally:
-        os.close(fd)
+            renames = [(str(a), str(b)) for a, b in json.loads(journal.read_text())["renames"]]
+            if any("/" in name or name.startswith("..") for pair in renames for name in pair):
+                raise ValueError("names outside the directory")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return [
+                f"{journal}: cannot complete an interrupted write ({exc}); check "
+                "`git status` in this directory, then delete this file"
+            ]
+        try:
+            _complete(directory, renames)
+        except OSError as exc:
+            return [
+                f"{journal}: cannot complete an interrupted write yet: "
+                f"{exc.strerror or exc}; it will be completed by the next command that can"
+            ]
+        done.append(f"{directory}: completed a write that was interrupted ({len(renames)} files)")
+    stale = [
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file()
+    ]
+    for name in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(directory / name)
+    if stale:
+        done.append(f"{directory}: removed {len(stale)} temporary files of an interrupted run")
     return done
 
 
